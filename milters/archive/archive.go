@@ -1,0 +1,32 @@
+// Package archive is the archive milter: it journals every accepted message with
+// its full envelope before Postfix accepts it (zero loss).
+//
+// Status: the runtime, trail and configuration are in place; the milter's own
+// checks are not built yet, so every transaction is let through and recorded.
+package archive
+
+import (
+	"github.com/geomilter/geomilter/shared/milterrt"
+	"github.com/geomilter/geomilter/shared/service"
+)
+
+// Name is the milter's name in config (milters.archive) and in trail events.
+const Name = "archive"
+
+// Milter is the archive milter.
+type Milter struct{}
+
+// New builds the archive milter from the process environment.
+func New(env *service.Env) (milterrt.Milter, error) { return &Milter{}, nil }
+
+// Name implements milterrt.Milter.
+func (*Milter) Name() string { return Name }
+
+// Stages implements milterrt.Milter.
+func (*Milter) Stages() milterrt.Stages { return milterrt.AllStages }
+
+// Actions implements milterrt.Milter.
+func (*Milter) Actions() milterrt.Actions { return 0 }
+
+// NewSession implements milterrt.Milter.
+func (*Milter) NewSession(*milterrt.State) milterrt.Session { return milterrt.BaseSession{} }

@@ -1,0 +1,32 @@
+// Package encrypt is the encryption milter: it detects encryption triggers and
+// routes the message to the encryption path.
+//
+// Status: the runtime, trail and configuration are in place; the milter's own
+// checks are not built yet, so every transaction is let through and recorded.
+package encrypt
+
+import (
+	"github.com/geomilter/geomilter/shared/milterrt"
+	"github.com/geomilter/geomilter/shared/service"
+)
+
+// Name is the milter's name in config (milters.encrypt) and in trail events.
+const Name = "encrypt"
+
+// Milter is the encrypt milter.
+type Milter struct{}
+
+// New builds the encrypt milter from the process environment.
+func New(env *service.Env) (milterrt.Milter, error) { return &Milter{}, nil }
+
+// Name implements milterrt.Milter.
+func (*Milter) Name() string { return Name }
+
+// Stages implements milterrt.Milter.
+func (*Milter) Stages() milterrt.Stages { return milterrt.AllStages }
+
+// Actions implements milterrt.Milter.
+func (*Milter) Actions() milterrt.Actions { return milterrt.MayAddHeader }
+
+// NewSession implements milterrt.Milter.
+func (*Milter) NewSession(*milterrt.State) milterrt.Session { return milterrt.BaseSession{} }

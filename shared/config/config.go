@@ -1,0 +1,275 @@
+// Package config loads a geomilter host's configuration file: one YAML file
+// per MTA host, shared by the four milter processes and the ops tools.
+//
+// Loading is strict and reports every problem at once, each with file, line
+// and key path (see package yamlconf): a config error found by
+// `geomilter check-config` before a deploy is cheap, one found by a milter
+// failing to start on a live MTA is not. Defaults are applied only to keys
+// absent from the file, so an explicit bad value (timeout: 0) is reported
+// instead of being silently replaced. docs/configuration.md describes every
+// key.
+package config
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/geomilter/geomilter/shared/yamlconf"
+)
+
+// Config is a host's configuration. Optional sections are pointers: nil
+// means absent (Redis nil = standalone mode; a nil milter section = that
+// milter is not configured on this host).
+type Config struct {
+	Site      string        `yaml:"site"`
+	Host      string        `yaml:"host"`
+	Redis     *RedisConfig  `yaml:"redis"`
+	RulesFile string        `yaml:"rules_file"`
+	StateDir  string        `yaml:"state_dir"`
+	SpoolDir  string        `yaml:"spool_dir"`
+	Log       LogConfig     `yaml:"log"`
+	Trail     TrailConfig   `yaml:"trail"`
+	Metrics   MetricsConfig `yaml:"metrics"`
+	Milters   MiltersConfig `yaml:"milters"`
+
+	// File is the path the config was loaded from (the name given to Parse).
+	File string `yaml:"-"`
+}
+
+// RedisConfig is the redis section: this site's primary, the local read-only
+// replicas of the peer sites' primaries, and the mail-path call budget.
+type RedisConfig struct {
+	Local       InstanceConfig            `yaml:"local"`
+	Peers       map[string]InstanceConfig `yaml:"peers"`
+	Timeout     time.Duration             `yaml:"timeout"`
+	DialTimeout time.Duration             `yaml:"dial_timeout"`
+	Breaker     BreakerConfig             `yaml:"breaker"`
+}
+
+// InstanceConfig says how to reach one Redis: either Addr or Sentinel.
+type InstanceConfig struct {
+	Addr         string          `yaml:"addr"`
+	Username     string          `yaml:"username"`
+	PasswordFile string          `yaml:"password_file"`
+	TLS          *TLSConfig      `yaml:"tls"`
+	Sentinel     *SentinelConfig `yaml:"sentinel"`
+}
+
+// SentinelConfig finds a primary through Redis Sentinel.
+type SentinelConfig struct {
+	MasterName   string   `yaml:"master_name"`
+	Addrs        []string `yaml:"addrs"`
+	Username     string   `yaml:"username"`
+	PasswordFile string   `yaml:"password_file"`
+}
+
+// BreakerConfig is the circuit breaker around mail-path Redis calls.
+type BreakerConfig struct {
+	Failures int           `yaml:"failures"`
+	OpenFor  time.Duration `yaml:"open_for"`
+}
+
+// LogConfig selects the process log's level and format.
+type LogConfig struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+// TrailConfig is the trail spool (one per milter process) and its sinks.
+type TrailConfig struct {
+	SyncEvery    time.Duration `yaml:"sync_every"`
+	MaxBytes     yamlconf.Size `yaml:"max_bytes"`
+	SegmentBytes yamlconf.Size `yaml:"segment_bytes"`
+	Sinks        []SinkConfig  `yaml:"sinks"`
+	Batch        int           `yaml:"batch"`
+	Backoff      BackoffConfig `yaml:"backoff"`
+}
+
+// SinkConfig is one trail sink. Which fields apply depends on Type:
+// redis: MaxLen; http: URL, Timeout, Headers; file: Path, MaxBytes, Keep.
+// Setting a field that does not apply to the type is a config problem.
+type SinkConfig struct {
+	Name string `yaml:"name"`
+	Type string `yaml:"type"`
+
+	MaxLen int64 `yaml:"maxlen"`
+
+	URL     string            `yaml:"url"`
+	Timeout time.Duration     `yaml:"timeout"`
+	Headers map[string]string `yaml:"headers"`
+
+	Path     string        `yaml:"path"`
+	MaxBytes yamlconf.Size `yaml:"max_bytes"`
+	Keep     int           `yaml:"keep"`
+}
+
+// BackoffConfig bounds the wait between failed sends to a sink.
+type BackoffConfig struct {
+	Min time.Duration `yaml:"min"`
+	Max time.Duration `yaml:"max"`
+}
+
+// MetricsConfig is the base address of the metrics and /healthz endpoint.
+type MetricsConfig struct {
+	Listen string `yaml:"listen"`
+}
+
+// MiltersConfig has one optional section per milter.
+type MiltersConfig struct {
+	Access  *MilterConfig `yaml:"access"`
+	Policy  *MilterConfig `yaml:"policy"`
+	Archive *MilterConfig `yaml:"archive"`
+	Encrypt *MilterConfig `yaml:"encrypt"`
+}
+
+// MilterConfig is how one milter process listens and bounds its sessions.
+type MilterConfig struct {
+	Listen          string        `yaml:"listen"`
+	MetricsListen   string        `yaml:"metrics_listen"`
+	MaxSessions     int           `yaml:"max_sessions"`
+	IdleTimeout     time.Duration `yaml:"idle_timeout"`
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+}
+
+// MilterNames lists the milters in metrics-port offset order: access is
+// metrics.listen's port + 0, policy + 1, archive + 2, encrypt + 3.
+func MilterNames() []string { return []string{"access", "policy", "archive", "encrypt"} }
+
+// Defaults for keys absent from the file.
+const (
+	DefaultRedisTimeout     = 25 * time.Millisecond
+	DefaultRedisDialTimeout = 100 * time.Millisecond
+	DefaultBreakerFailures  = 3
+	DefaultBreakerOpenFor   = 2 * time.Second
+	DefaultLogLevel         = "info"
+	DefaultLogFormat        = "json"
+	DefaultSyncEvery        = 100 * time.Millisecond
+	DefaultTrailMaxBytes    = yamlconf.Size(1 << 30)
+	DefaultSegmentBytes     = yamlconf.Size(64 << 20)
+	DefaultBatch            = 500
+	DefaultBackoffMin       = 100 * time.Millisecond
+	DefaultBackoffMax       = 30 * time.Second
+	DefaultRedisSinkMaxLen  = 1_000_000
+	DefaultHTTPSinkTimeout  = 5 * time.Second
+	DefaultFileSinkMaxBytes = yamlconf.Size(100 << 20)
+	DefaultFileSinkKeep     = 5
+	DefaultMetricsListen    = "127.0.0.1:9464"
+	DefaultMaxSessions      = 512
+	DefaultIdleTimeout      = 10 * time.Minute
+	DefaultShutdownTimeout  = 30 * time.Second
+)
+
+// Load reads, decodes and validates the config file at path. On failure
+// the error is a yamlconf.Problems listing every problem found.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, yamlconf.Problems{{File: path, Msg: fmt.Sprintf("cannot read config: %v", unwrapPath(err))}}
+	}
+	return Parse(path, data)
+}
+
+// unwrapPath drops the *PathError's repetition of the file name, which the
+// Problem already shows.
+func unwrapPath(err error) error {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Err
+	}
+	return err
+}
+
+// Parse decodes and validates a config file's contents; file is the name
+// used in problem messages. On failure the error is a yamlconf.Problems.
+func Parse(file string, data []byte) (*Config, error) {
+	cfg := &Config{File: file}
+	doc, _ := yamlconf.Decode(file, data, cfg)
+	if !doc.Has("") && len(doc.Problems()) == 0 {
+		doc.Problemf("", "the file is empty; a config needs at least site, state_dir and spool_dir")
+		return nil, doc.Problems().Err()
+	}
+	applyDefaults(cfg, doc, os.Hostname)
+	validate(cfg, doc)
+	if err := doc.Problems().Err(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// Standalone reports whether this host runs without Redis: rules from
+// rules_file, counters in process memory.
+func (c *Config) Standalone() bool { return c.Redis == nil }
+
+// Milter returns the section of the named milter, and whether it is present
+// (a milter runs only where its section is).
+func (c *Config) Milter(name string) (*MilterConfig, bool) {
+	var m *MilterConfig
+	switch name {
+	case "access":
+		m = c.Milters.Access
+	case "policy":
+		m = c.Milters.Policy
+	case "archive":
+		m = c.Milters.Archive
+	case "encrypt":
+		m = c.Milters.Encrypt
+	}
+	return m, m != nil
+}
+
+// applyDefaults fills keys absent from the file. Present keys are left
+// alone even when zero, so validate can report them.
+func applyDefaults(c *Config, doc *yamlconf.Doc, hostname func() (string, error)) {
+	if !doc.Has("host") {
+		h, err := hostname()
+		if err != nil {
+			doc.Problemf("host", "not set, and the system hostname is unknown (%v); set host", err)
+		}
+		c.Host = h
+	}
+	if r := c.Redis; r != nil {
+		setDefault(doc, "redis.timeout", &r.Timeout, DefaultRedisTimeout)
+		setDefault(doc, "redis.dial_timeout", &r.DialTimeout, DefaultRedisDialTimeout)
+		setDefault(doc, "redis.breaker.failures", &r.Breaker.Failures, DefaultBreakerFailures)
+		setDefault(doc, "redis.breaker.open_for", &r.Breaker.OpenFor, DefaultBreakerOpenFor)
+	}
+	setDefault(doc, "log.level", &c.Log.Level, DefaultLogLevel)
+	setDefault(doc, "log.format", &c.Log.Format, DefaultLogFormat)
+	t := &c.Trail
+	setDefault(doc, "trail.sync_every", &t.SyncEvery, DefaultSyncEvery)
+	setDefault(doc, "trail.max_bytes", &t.MaxBytes, DefaultTrailMaxBytes)
+	setDefault(doc, "trail.segment_bytes", &t.SegmentBytes, DefaultSegmentBytes)
+	setDefault(doc, "trail.batch", &t.Batch, DefaultBatch)
+	setDefault(doc, "trail.backoff.min", &t.Backoff.Min, DefaultBackoffMin)
+	setDefault(doc, "trail.backoff.max", &t.Backoff.Max, DefaultBackoffMax)
+	for i := range t.Sinks {
+		s, p := &t.Sinks[i], fmt.Sprintf("trail.sinks[%d]", i)
+		switch s.Type {
+		case "redis":
+			setDefault(doc, p+".maxlen", &s.MaxLen, DefaultRedisSinkMaxLen)
+		case "http":
+			setDefault(doc, p+".timeout", &s.Timeout, DefaultHTTPSinkTimeout)
+		case "file":
+			setDefault(doc, p+".max_bytes", &s.MaxBytes, DefaultFileSinkMaxBytes)
+			setDefault(doc, p+".keep", &s.Keep, DefaultFileSinkKeep)
+		}
+	}
+	setDefault(doc, "metrics.listen", &c.Metrics.Listen, DefaultMetricsListen)
+	for _, name := range MilterNames() {
+		m, ok := c.Milter(name)
+		if !ok {
+			continue
+		}
+		p := "milters." + name
+		setDefault(doc, p+".max_sessions", &m.MaxSessions, DefaultMaxSessions)
+		setDefault(doc, p+".idle_timeout", &m.IdleTimeout, DefaultIdleTimeout)
+		setDefault(doc, p+".shutdown_timeout", &m.ShutdownTimeout, DefaultShutdownTimeout)
+	}
+}
+
+// setDefault sets *v to def when path is absent from the file.
+func setDefault[T any](doc *yamlconf.Doc, path string, v *T, def T) {
+	if !doc.Has(path) {
+		*v = def
+	}
+}

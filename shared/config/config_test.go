@@ -1,0 +1,323 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/geomilter/geomilter/shared/yamlconf"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/broken/*.err from the current output (review the diff!)")
+
+// TestBrokenConfigs runs check-config on every file in testdata/broken and
+// compares its output with NAME.err: the exact lines a user sees.
+func TestBrokenConfigs(t *testing.T) {
+	files, err := filepath.Glob("testdata/broken/*.yaml")
+	if err != nil || len(files) < 15 {
+		t.Fatalf("want at least 15 broken configs, found %d (%v)", len(files), err)
+	}
+	for _, f := range files {
+		t.Run(strings.TrimSuffix(filepath.Base(f), ".yaml"), func(t *testing.T) {
+			var out bytes.Buffer
+			code := CheckConfig(f, &out)
+			errFile := strings.TrimSuffix(f, ".yaml") + ".err"
+			if *update {
+				if err := os.WriteFile(errFile, out.Bytes(), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(errFile)
+			if err != nil {
+				t.Fatalf("missing %s (run go test -update and review it): %v", errFile, err)
+			}
+			if code != 1 {
+				t.Errorf("exit code %d, want 1", code)
+			}
+			if out.String() != string(want) {
+				t.Errorf("output:\n%s\nwant (%s):\n%s", out.String(), errFile, want)
+			}
+			for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+				if !strings.HasPrefix(line, f+":") {
+					t.Errorf("line does not name the file: %q", line)
+				}
+			}
+		})
+	}
+}
+
+func TestGoodConfigs(t *testing.T) {
+	files, _ := filepath.Glob("testdata/good/*.yaml")
+	if len(files) < 2 {
+		t.Fatalf("want at least 2 good configs, found %d", len(files))
+	}
+	for _, f := range files {
+		var out bytes.Buffer
+		if code := CheckConfig(f, &out); code != 0 || out.String() != f+": ok\n" {
+			t.Errorf("%s: exit %d, output:\n%s", f, code, out.String())
+		}
+	}
+}
+
+func TestLoadTwoSite(t *testing.T) {
+	cfg, err := Load("testdata/good/two-site.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Standalone() || cfg.Site != "lax" || cfg.Host != "mta1.lax.example.net" {
+		t.Errorf("site/host/mode wrong: %+v", cfg)
+	}
+	r := cfg.Redis
+	wantLocal := InstanceConfig{
+		Username: "geomilter", PasswordFile: "/etc/geomilter/redis.pass",
+		TLS:      &TLSConfig{CAFile: "/etc/geomilter/ca.pem", CertFile: "/etc/geomilter/client.pem", KeyFile: "/etc/geomilter/client.key", ServerName: "redis.lax.example.net"},
+		Sentinel: &SentinelConfig{MasterName: "gm-lax", Addrs: []string{"10.1.0.11:26379", "10.1.0.12:26379"}, PasswordFile: "/etc/geomilter/sentinel.pass"},
+	}
+	if !reflect.DeepEqual(r.Local, wantLocal) {
+		t.Errorf("redis.local = %+v", r.Local)
+	}
+	if r.Peers["dal"].Addr != "127.0.0.1:6380" || r.Timeout != 20*time.Millisecond || r.DialTimeout != 200*time.Millisecond ||
+		r.Breaker != (BreakerConfig{Failures: 5, OpenFor: 3 * time.Second}) {
+		t.Errorf("redis = %+v", r)
+	}
+	tr := cfg.Trail
+	if tr.SyncEvery != 50*time.Millisecond || tr.MaxBytes != 2<<30 || tr.SegmentBytes != 32<<20 || tr.Batch != 1000 ||
+		tr.Backoff != (BackoffConfig{Min: 200 * time.Millisecond, Max: time.Minute}) {
+		t.Errorf("trail = %+v", tr)
+	}
+	wantSinks := []SinkConfig{
+		{Name: "site", Type: "redis", MaxLen: 500000},
+		{Name: "loki", Type: "http", URL: "http://127.0.0.1:3100/loki/api/v1/push", Timeout: 10 * time.Second, Headers: map[string]string{"X-Scope-OrgID": "t1"}},
+		{Name: "local", Type: "file", Path: "/var/log/geomilter/trail.ndjson", MaxBytes: 100 << 20, Keep: 3},
+	}
+	if !reflect.DeepEqual(tr.Sinks, wantSinks) {
+		t.Errorf("sinks = %+v", tr.Sinks)
+	}
+	acc, ok := cfg.Milter("access")
+	if !ok || *acc != (MilterConfig{Listen: "unix:/run/geomilter/access.sock", MaxSessions: 1024, IdleTimeout: 5 * time.Minute, ShutdownTimeout: time.Minute}) {
+		t.Errorf("milters.access = %+v", acc)
+	}
+	for milter, want := range map[string]string{"access": "[::1]:9464", "policy": "[::1]:9465", "archive": "127.0.0.1:9600", "encrypt": "[::1]:9467"} {
+		if got, err := cfg.MetricsListen(milter); err != nil || got != want {
+			t.Errorf("MetricsListen(%s) = %q, %v; want %q", milter, got, err, want)
+		}
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	in := `
+site: lax
+redis:
+  local: {addr: "127.0.0.1:6379"}
+state_dir: /var/lib/geomilter
+spool_dir: /var/spool/geomilter
+trail:
+  sinks:
+    - {name: site, type: redis}
+    - {name: loki, type: http, url: "http://127.0.0.1:3100/ingest"}
+    - {name: local, type: file, path: /var/log/geomilter/trail.ndjson}
+milters:
+  policy: {listen: "unix:/run/geomilter/policy.sock"}
+`
+	cfg, err := Parse("d.yaml", []byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, _ := os.Hostname()
+	want := &Config{
+		Site: "lax", Host: host, File: "d.yaml",
+		Redis: &RedisConfig{
+			Local:   InstanceConfig{Addr: "127.0.0.1:6379"},
+			Timeout: 25 * time.Millisecond, DialTimeout: 100 * time.Millisecond,
+			Breaker: BreakerConfig{Failures: 3, OpenFor: 2 * time.Second},
+		},
+		StateDir: "/var/lib/geomilter", SpoolDir: "/var/spool/geomilter",
+		Log: LogConfig{Level: "info", Format: "json"},
+		Trail: TrailConfig{
+			SyncEvery: 100 * time.Millisecond, MaxBytes: 1 << 30, SegmentBytes: 64 << 20, Batch: 500,
+			Backoff: BackoffConfig{Min: 100 * time.Millisecond, Max: 30 * time.Second},
+			Sinks: []SinkConfig{
+				{Name: "site", Type: "redis", MaxLen: 1000000},
+				{Name: "loki", Type: "http", URL: "http://127.0.0.1:3100/ingest", Timeout: 5 * time.Second},
+				{Name: "local", Type: "file", Path: "/var/log/geomilter/trail.ndjson", MaxBytes: 100 << 20, Keep: 5},
+			},
+		},
+		Metrics: MetricsConfig{Listen: "127.0.0.1:9464"},
+		Milters: MiltersConfig{Policy: &MilterConfig{Listen: "unix:/run/geomilter/policy.sock", MaxSessions: 512, IdleTimeout: 10 * time.Minute, ShutdownTimeout: 30 * time.Second}},
+	}
+	if !reflect.DeepEqual(cfg, want) {
+		t.Errorf("got\n%+v\nwant\n%+v", cfg, want)
+	}
+	if got, _ := cfg.MetricsListen("policy"); got != "127.0.0.1:9465" {
+		t.Errorf("MetricsListen(policy) = %q, want 127.0.0.1:9465", got)
+	}
+	if _, ok := cfg.Milter("access"); ok {
+		t.Error("Milter(access) present though the file has no milters.access")
+	}
+}
+
+// An explicit zero must be reported, not silently replaced by the default.
+func TestExplicitZeroIsNotDefaulted(t *testing.T) {
+	in := "site: lax\nrules_file: /r.yaml\nstate_dir: /s\nspool_dir: /q\ntrail: {batch: 0}\n"
+	_, err := Parse("z.yaml", []byte(in))
+	if err == nil || err.Error() != "z.yaml:5:9: trail.batch: must be between 1 and 100000, got 0" {
+		t.Errorf("err = %v", err)
+	}
+}
+
+func TestHostnameUnknown(t *testing.T) {
+	cfg := &Config{}
+	doc, _ := yamlconf.Decode("h.yaml", []byte("site: lax\n"), cfg)
+	applyDefaults(cfg, doc, func() (string, error) { return "", errors.New("no uts") })
+	if got := doc.Problems().Error(); got != "h.yaml:1:1: host: not set, and the system hostname is unknown (no uts); set host" {
+		t.Errorf("problems = %q", got)
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	_, err := Load("testdata/does-not-exist.yaml")
+	var ps yamlconf.Problems
+	if !errors.As(err, &ps) || err.Error() != "testdata/does-not-exist.yaml: cannot read config: no such file or directory" {
+		t.Errorf("err = %v", err)
+	}
+	var out bytes.Buffer
+	if code := CheckConfig("testdata/does-not-exist.yaml", &out); code != 1 || !strings.Contains(out.String(), "cannot read config") {
+		t.Errorf("CheckConfig = %d, %q", code, out.String())
+	}
+}
+
+func TestParseListen(t *testing.T) {
+	long := "unix:/" + strings.Repeat("a", 107)
+	tests := []struct {
+		in, network, addr, err string
+	}{
+		{"unix:/run/geomilter/access.sock", "unix", "/run/geomilter/access.sock", ""},
+		{"inet:127.0.0.1:8891", "tcp", "127.0.0.1:8891", ""},
+		{"inet:localhost:8891", "tcp", "localhost:8891", ""},
+		{"inet:[::1]:8891", "tcp", "[::1]:8891", ""},
+		{"inet:[2001:db8::1]:0", "tcp", "[2001:db8::1]:0", ""},
+		{"inet:127.0.0.1:08891", "tcp", "127.0.0.1:8891", ""},
+		{"unix:run/x.sock", "", "", `invalid socket "unix:run/x.sock": the unix socket path must be absolute`},
+		{long, "", "", "the unix socket path is longer than 107 bytes"},
+		{"inet:8891", "", "", `invalid socket "inet:8891": not host:port: missing port in address (want inet:host:port, IPv6 as inet:[::1]:port)`},
+		{"inet::8891", "", "", "the host is missing"},
+		{"inet:::1:8891", "", "", "too many colons"},
+		{"inet:127.0.0.1:65536", "", "", `invalid port "65536"`},
+		{"inet:127.0.0.1:smtp", "", "", `invalid port "smtp"`},
+		{"inet:bad_host!:1", "", "", `invalid host "bad_host!"`},
+		{"tcp:127.0.0.1:1", "", "", `unknown type "tcp"`},
+		{"/run/x.sock", "", "", "want unix:/path or inet:host:port"},
+		{"", "", "", "want unix:/path or inet:host:port"},
+	}
+	for _, tt := range tests {
+		n, a, err := ParseListen(tt.in)
+		if tt.err == "" {
+			if err != nil || n != tt.network || a != tt.addr {
+				t.Errorf("ParseListen(%q) = %q, %q, %v; want %q, %q", tt.in, n, a, err, tt.network, tt.addr)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), tt.err) {
+			t.Errorf("ParseListen(%q) error = %v, want containing %q", tt.in, err, tt.err)
+		}
+	}
+}
+
+func TestMetricsListen(t *testing.T) {
+	cfg := &Config{Metrics: MetricsConfig{Listen: "127.0.0.1:9464"}}
+	cfg.Milters.Encrypt = &MilterConfig{}
+	cfg.Milters.Archive = &MilterConfig{MetricsListen: "0.0.0.0:9999"}
+	for _, tt := range []struct{ milter, want, err string }{
+		{"access", "127.0.0.1:9464", ""}, // offsets apply whether or not the milter is configured
+		{"policy", "127.0.0.1:9465", ""},
+		{"archive", "0.0.0.0:9999", ""},
+		{"encrypt", "127.0.0.1:9467", ""},
+		{"spam", "", `unknown milter "spam"`},
+	} {
+		got, err := cfg.MetricsListen(tt.milter)
+		if got != tt.want || (err == nil) != (tt.err == "") || (err != nil && !strings.Contains(err.Error(), tt.err)) {
+			t.Errorf("MetricsListen(%s) = %q, %v; want %q, %q", tt.milter, got, err, tt.want, tt.err)
+		}
+	}
+	cfg.Metrics.Listen = "127.0.0.1:0"
+	if got, _ := cfg.MetricsListen("encrypt"); got != "127.0.0.1:0" {
+		t.Errorf("port 0 base: got %q, want 127.0.0.1:0", got)
+	}
+	cfg.Metrics.Listen = "127.0.0.1:65535"
+	if _, err := cfg.MetricsListen("policy"); err == nil || !strings.Contains(err.Error(), "past 65535") {
+		t.Errorf("overflow: err = %v", err)
+	}
+}
+
+func TestReadSecret(t *testing.T) {
+	dir := t.TempDir()
+	for _, tt := range []struct{ content, want, err string }{
+		{"s3cret\n", "s3cret", ""},
+		{"s3cret\r\n", "s3cret", ""},
+		{"with space \n", "with space ", ""},
+		{"two\nlines\n", "two\nlines", ""},
+		{"\n", "", "is empty"},
+	} {
+		p := filepath.Join(dir, "pw")
+		if err := os.WriteFile(p, []byte(tt.content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		got, err := ReadSecret(p)
+		if got != tt.want || (err == nil) != (tt.err == "") || (err != nil && !strings.Contains(err.Error(), tt.err)) {
+			t.Errorf("ReadSecret(%q) = %q, %v", tt.content, got, err)
+		}
+	}
+	if _, err := ReadSecret(filepath.Join(dir, "missing")); err == nil {
+		t.Error("ReadSecret of a missing file succeeded")
+	}
+}
+
+func FuzzLoad(f *testing.F) {
+	seeds, _ := filepath.Glob("testdata/*/*.yaml")
+	for _, s := range seeds {
+		b, err := os.ReadFile(s)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := Parse("f.yaml", data)
+		if (cfg == nil) == (err == nil) {
+			t.Fatalf("Parse returned cfg %v and err %v", cfg != nil, err)
+		}
+		if err != nil {
+			var ps yamlconf.Problems
+			if !errors.As(err, &ps) || len(ps) == 0 {
+				t.Fatalf("error is not a non-empty Problems: %v", err)
+			}
+			return
+		}
+		for _, m := range MilterNames() {
+			if _, ok := cfg.Milter(m); ok {
+				if _, err := cfg.MetricsListen(m); err != nil {
+					t.Fatalf("valid config but MetricsListen(%s): %v", m, err)
+				}
+			}
+		}
+	})
+}
+
+func BenchmarkParse(b *testing.B) {
+	data, err := os.ReadFile("testdata/good/two-site.yaml")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Parse("two-site.yaml", data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

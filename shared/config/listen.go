@@ -1,0 +1,104 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// maxUnixPath is the longest socket path the kernel takes (sun_path is 108
+// bytes including the terminating NUL).
+const maxUnixPath = 107
+
+// ParseListen parses a milter socket in Postfix notation, "unix:/abs/path"
+// or "inet:host:port" (IPv6 hosts in brackets: "inet:[::1]:8891"), into
+// arguments for net.Listen / net.Dial: network "unix" or "tcp". Port 0 is
+// accepted so tests can ask for a free port.
+func ParseListen(s string) (network, address string, err error) {
+	kind, rest, ok := strings.Cut(s, ":")
+	if !ok {
+		return "", "", fmt.Errorf("invalid socket %q: want unix:/path or inet:host:port", s)
+	}
+	switch kind {
+	case "unix":
+		if !filepath.IsAbs(rest) {
+			return "", "", fmt.Errorf("invalid socket %q: the unix socket path must be absolute", s)
+		}
+		if len(rest) > maxUnixPath {
+			return "", "", fmt.Errorf("invalid socket %q: the unix socket path is longer than %d bytes", s, maxUnixPath)
+		}
+		return "unix", rest, nil
+	case "inet":
+		addr, err := hostPort(rest, true)
+		if err != nil {
+			return "", "", fmt.Errorf("invalid socket %q: %v (want inet:host:port, IPv6 as inet:[::1]:port)", s, err)
+		}
+		return "tcp", addr, nil
+	}
+	return "", "", fmt.Errorf("invalid socket %q: unknown type %q, want unix:/path or inet:host:port", s, kind)
+}
+
+// hostPort checks a "host:port" address and returns it normalised. The host
+// is required: listening on every interface must be asked for explicitly
+// (0.0.0.0 or [::]), never by leaving it out.
+func hostPort(s string, allowZero bool) (string, error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", fmt.Errorf("not host:port: %s", strings.TrimPrefix(err.Error(), "address "+s+": "))
+	}
+	if host == "" {
+		return "", fmt.Errorf("the host is missing")
+	}
+	if !validHost(host) {
+		return "", fmt.Errorf("invalid host %q", host)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 0 || n > 65535 || (n == 0 && !allowZero) {
+		return "", fmt.Errorf("invalid port %q", port)
+	}
+	return net.JoinHostPort(host, strconv.Itoa(n)), nil
+}
+
+func validHost(h string) bool {
+	if net.ParseIP(h) != nil {
+		return true
+	}
+	return hostnameRe.MatchString(h)
+}
+
+// MetricsListen returns the metrics address of the named milter's process:
+// milters.<name>.metrics_listen when set, else metrics.listen with the port
+// moved up by the milter's offset (access +0, policy +1, archive +2,
+// encrypt +3), so the four processes of a host never collide. A base port of
+// 0 (any free port) stays 0.
+func (c *Config) MetricsListen(milter string) (string, error) {
+	offset := -1
+	for i, n := range MilterNames() {
+		if n == milter {
+			offset = i
+		}
+	}
+	if offset < 0 {
+		return "", fmt.Errorf("unknown milter %q (known: %s)", milter, strings.Join(MilterNames(), ", "))
+	}
+	if m, ok := c.Milter(milter); ok && m.MetricsListen != "" {
+		return m.MetricsListen, nil
+	}
+	host, port, err := net.SplitHostPort(c.Metrics.Listen)
+	if err != nil {
+		return "", fmt.Errorf("metrics.listen %q: %w", c.Metrics.Listen, err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return "", fmt.Errorf("metrics.listen %q: invalid port", c.Metrics.Listen)
+	}
+	if p == 0 {
+		return c.Metrics.Listen, nil
+	}
+	if p+offset > 65535 {
+		return "", fmt.Errorf("metrics port for %s would be %d (metrics.listen port + %d), past 65535; set milters.%s.metrics_listen", milter, p+offset, offset, milter)
+	}
+	return net.JoinHostPort(host, strconv.Itoa(p+offset)), nil
+}

@@ -1,0 +1,256 @@
+package milterrt
+
+import (
+	"net"
+	"time"
+
+	milter "github.com/emersion/go-milter"
+)
+
+// Stages is a set of milter stages. A milter lists the stages it needs; the
+// runtime asks Postfix to skip the others. End of message always happens.
+type Stages uint
+
+const (
+	StageConnect Stages = 1 << iota
+	StageHelo
+	StageMail
+	StageRcpt
+	StageHeaders
+	StageEOH
+	StageBody
+	StageEOM // always on; listed so a single stage can be named (State.FinalStage, metrics)
+
+	// AllStages is every stage.
+	AllStages = StageConnect | StageHelo | StageMail | StageRcpt | StageHeaders | StageEOH | StageBody | StageEOM
+)
+
+const numStages = 8
+
+var stageNames = [numStages]string{"connect", "helo", "mail", "rcpt", "header", "eoh", "body", "eom"}
+
+// String names a single stage ("connect", "rcpt", …) as used in metrics labels;
+// a set of several stages is written joined by '+'.
+func (s Stages) String() string {
+	if s == 0 {
+		return "none"
+	}
+	out := ""
+	for i := 0; i < numStages; i++ {
+		if s&(1<<i) != 0 {
+			if out != "" {
+				out += "+"
+			}
+			out += stageNames[i]
+		}
+	}
+	return out
+}
+
+// index of a single stage, for metric arrays.
+func (s Stages) index() int {
+	for i := 0; i < numStages; i++ {
+		if s == 1<<i {
+			return i
+		}
+	}
+	return numStages - 1
+}
+
+// protocol returns the OptNo* flags that skip every stage not in s. The
+// OptNo*Reply flags are never set: go-milter would still send the replies and
+// Postfix would fall out of step.
+func (s Stages) protocol() milter.OptProtocol {
+	var p milter.OptProtocol
+	for _, x := range []struct {
+		st  Stages
+		opt milter.OptProtocol
+	}{
+		{StageConnect, milter.OptNoConnect},
+		{StageHelo, milter.OptNoHelo},
+		{StageMail, milter.OptNoMailFrom},
+		{StageRcpt, milter.OptNoRcptTo},
+		{StageHeaders, milter.OptNoHeaders},
+		{StageEOH, milter.OptNoEOH},
+		{StageBody, milter.OptNoBody},
+	} {
+		if s&x.st == 0 {
+			p |= x.opt
+		}
+	}
+	return p
+}
+
+// Actions is the set of message modifications a milter may request at end of
+// message. Postfix offers all of them; a milter lists only those it uses.
+type Actions uint
+
+const (
+	MayAddHeader    Actions = 1 << iota // Modifier.AddHeader, Modifier.InsertHeader
+	MayChangeHeader                     // Modifier.ChangeHeader
+	MayQuarantine                       // Modifier.Quarantine, Quarantine decisions
+	MayAddRcpt                          // Modifier.AddRcpt
+	MayDelRcpt                          // Modifier.DelRcpt
+	MayChangeBody                       // Modifier.ReplaceBody
+)
+
+func (a Actions) optAction() milter.OptAction {
+	var o milter.OptAction
+	if a&MayAddHeader != 0 {
+		o |= milter.OptAddHeader
+	}
+	if a&MayChangeHeader != 0 {
+		o |= milter.OptChangeHeader
+	}
+	if a&MayQuarantine != 0 {
+		o |= milter.OptQuarantine
+	}
+	if a&MayAddRcpt != 0 {
+		o |= milter.OptAddRcpt
+	}
+	if a&MayDelRcpt != 0 {
+		o |= milter.OptRemoveRcpt
+	}
+	if a&MayChangeBody != 0 {
+		o |= milter.OptChangeBody
+	}
+	return o
+}
+
+// Recipient is one RCPT TO of the transaction with this milter's verdict on it
+// (Continue when the milter let it through).
+type Recipient struct {
+	Addr     string // without <>
+	Decision Decision
+}
+
+// HeaderField is one header as Postfix sent it (name as written, value without
+// the leading space, folded lines joined by "\n").
+type HeaderField struct {
+	Name, Value string
+}
+
+// State is what the runtime knows of a milter connection and its current
+// transaction. It is owned by the session goroutine; the runtime reuses it for
+// the next transaction after OnTransaction returns, so copy what you keep.
+type State struct {
+	Milter    string // Milter.Name()
+	SessionID string // unique per milter connection (= Postfix SMTP session), 12 hex chars
+	TxnID     string // "SESSIONID.N", unique per transaction; "" between transactions
+
+	// Connection: kept across the transactions of the connection.
+	ClientHost string // as Postfix sends it: the client name, or "[addr]" when unknown
+	ClientAddr net.IP // nil for local submissions (family "unix") and unknown peers
+	ClientPort uint16
+	Family     string // "tcp4", "tcp6", "unix", "unknown" ("" if Connect is not negotiated)
+	Helo       string
+	ConnStart  time.Time
+
+	// Transaction: reset when it ends.
+	TxnStart  time.Time
+	Sender    string // without <>; "" for the null sender
+	Rcpts     []*Recipient
+	Headers   []HeaderField // arrival order
+	BodyBytes int64
+	// Macros merges the macros of every stage so far: connection-level ones
+	// (sent with connect and helo) persist across transactions, the others are
+	// dropped when the transaction ends. Names are as Postfix sends them ("i",
+	// "{auth_authen}"); use Macro to look one up with or without braces.
+	Macros map[string]string
+
+	// Filled by milters for the trail.
+	Reasons  []string
+	RuleIDs  []string
+	Scores   map[string]float64
+	Degraded []string
+
+	// Set by the runtime when the transaction ends, before OnTransaction.
+	Final      Decision // at end of message a continue is reported as accept
+	FinalStage Stages   // the stage that decided (StageEOM for a completed message)
+	Aborted    bool     // ended by ABORT, a new MAIL, or a lost connection rather than by a decision
+}
+
+// Macro returns a macro's value; name may be given with or without braces
+// ("auth_authen" finds "{auth_authen}").
+func (st *State) Macro(name string) string {
+	if v, ok := st.Macros[name]; ok {
+		return v
+	}
+	if len(name) > 1 && name[0] != '{' {
+		return st.Macros["{"+name+"}"]
+	}
+	if len(name) > 2 && name[0] == '{' && name[len(name)-1] == '}' {
+		return st.Macros[name[1:len(name)-1]]
+	}
+	return ""
+}
+
+// QueueID returns Postfix's queue id (macro "i"), "" until Postfix has one.
+func (st *State) QueueID() string { return st.Macros["i"] }
+
+// Local reports whether the client has no IP address (a local submission).
+func (st *State) Local() bool { return st.ClientAddr == nil }
+
+// AddReason records why the milter decided as it did.
+func (st *State) AddReason(reason string) { st.Reasons = append(st.Reasons, reason) }
+
+// AddRuleID records a rule that matched; duplicates are dropped.
+func (st *State) AddRuleID(id string) {
+	for _, x := range st.RuleIDs {
+		if x == id {
+			return
+		}
+	}
+	st.RuleIDs = append(st.RuleIDs, id)
+}
+
+// AddScore adds v to the named score.
+func (st *State) AddScore(name string, v float64) {
+	if st.Scores == nil {
+		st.Scores = make(map[string]float64)
+	}
+	st.Scores[name] += v
+}
+
+// MarkDegraded records that a check ran in degraded mode (e.g. "redis"), once.
+func (st *State) MarkDegraded(what string) {
+	for _, x := range st.Degraded {
+		if x == what {
+			return
+		}
+	}
+	st.Degraded = append(st.Degraded, what)
+}
+
+// AcceptedRcpts returns the addresses of the recipients this milter did not
+// reject or tempfail.
+func (st *State) AcceptedRcpts() []string {
+	var out []string
+	for _, r := range st.Rcpts {
+		if !r.Decision.IsFailure() {
+			out = append(out, r.Addr)
+		}
+	}
+	return out
+}
+
+// resetTxn drops the transaction part, keeping the connection part.
+func (st *State) resetTxn(connMacros map[string]string) {
+	st.TxnID = ""
+	st.TxnStart = time.Time{}
+	st.Sender = ""
+	st.Rcpts = nil
+	st.Headers = nil
+	st.BodyBytes = 0
+	st.Macros = make(map[string]string, len(connMacros)+4)
+	for k, v := range connMacros {
+		st.Macros[k] = v
+	}
+	st.Reasons = nil
+	st.RuleIDs = nil
+	st.Scores = nil
+	st.Degraded = nil
+	st.Final = Decision{}
+	st.FinalStage = 0
+	st.Aborted = false
+}

@@ -1,0 +1,240 @@
+// Package service runs one milter process: it loads the config, sets up logging,
+// metrics and /healthz, opens the trail spool and its drainers, serves the milter
+// socket, and handles signals (SIGTERM: graceful stop; SIGHUP: reload). Every
+// milter subcommand of the geomilter binary goes through Run, so listening,
+// signals, metrics and logging live in one place.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/geomilter/geomilter/shared/buildinfo"
+	"github.com/geomilter/geomilter/shared/config"
+	"github.com/geomilter/geomilter/shared/logging"
+	"github.com/geomilter/geomilter/shared/metrics"
+	"github.com/geomilter/geomilter/shared/milterrt"
+	"github.com/geomilter/geomilter/shared/trail"
+)
+
+// Env is what a milter's constructor gets from the process.
+type Env struct {
+	Name     string
+	Config   *config.Config
+	Log      zerolog.Logger
+	Registry prometheus.Registerer
+}
+
+// Factory builds a milter.
+type Factory func(env *Env) (milterrt.Milter, error)
+
+// Reloader is implemented by milters that take a new config on SIGHUP without
+// dropping sessions (rules, thresholds). Listen addresses are not reloaded.
+type Reloader interface {
+	Reload(cfg *config.Config) error
+}
+
+// drainFlushTimeout bounds how long a stopping process tries to deliver what is
+// still buffered; whatever is left stays in the spool for the next start.
+const drainFlushTimeout = 5 * time.Second
+
+// Process is one running milter process.
+type Process struct {
+	name    string
+	cfgPath string
+	cfg     *config.Config
+	log     zerolog.Logger
+
+	milter  milterrt.Milter
+	server  *milterrt.Server
+	ln      net.Listener
+	trail   *trailPipe
+	metrics *metrics.Server
+
+	serveErr chan error
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// Run runs the named milter until SIGTERM or SIGINT; SIGHUP reloads.
+func Run(name, cfgPath string, f Factory, stderr io.Writer) error {
+	p, err := Start(name, cfgPath, f, stderr)
+	if err != nil {
+		return err
+	}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	for {
+		select {
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				p.Reload()
+				continue
+			}
+			p.log.Info().Str("signal", sig.String()).Msg("stopping")
+			return p.Stop()
+		case err := <-p.serveErr:
+			p.log.Error().Err(err).Msg("milter listener failed")
+			_ = p.Stop()
+			return err
+		}
+	}
+}
+
+// Start loads the config and starts the process's parts; it returns once the
+// milter socket is listening.
+func Start(name, cfgPath string, f Factory, stderr io.Writer) (*Process, error) {
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		return nil, err
+	}
+	mc, ok := cfg.Milter(name)
+	if !ok {
+		return nil, fmt.Errorf("config %s: no milters.%s section: this milter is not configured here", cfgPath, name)
+	}
+	base, err := logging.New(stderr, cfg.Log.Level, cfg.Log.Format)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", cfgPath, err)
+	}
+	log := base.With().Str("milter", name).Str("site", cfg.Site).Logger()
+	p := &Process{name: name, cfgPath: cfgPath, cfg: cfg, log: log, serveErr: make(chan error, 1)}
+	ok = false
+	defer func() {
+		if !ok {
+			p.closeParts()
+		}
+	}()
+
+	reg := metrics.NewRegistry()
+	p.trail, err = openTrail(cfg, name, log, reg)
+	if err != nil {
+		return nil, err
+	}
+	p.milter, err = f(&Env{Name: name, Config: cfg, Log: log, Registry: reg})
+	if err != nil {
+		return nil, fmt.Errorf("%s milter: %w", name, err)
+	}
+
+	maddr, err := cfg.MetricsListen(name)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", cfgPath, err)
+	}
+	p.metrics, err = metrics.Listen(maddr, reg, []metrics.Check{
+		{Name: "milter", Func: p.listening},
+		{Name: "trail", Func: p.trail.healthy, Detail: p.trail.detail},
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	p.server = milterrt.New(p.milter, milterrt.Options{
+		Logger:        log,
+		Registerer:    reg,
+		MaxSessions:   mc.MaxSessions,
+		IdleTimeout:   mc.IdleTimeout,
+		OnTransaction: p.onTransaction,
+	})
+	p.ln, err = milterrt.Listen(mc.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("milters.%s.listen: %w", name, err)
+	}
+	go func() {
+		if err := p.server.Serve(p.ln); err != nil && !errors.Is(err, milterrt.ErrServerClosed) {
+			p.serveErr <- err
+		}
+	}()
+	ok = true
+	log.Info().Str("listen", mc.Listen).Str("metrics", p.metrics.Addr()).Str("version", buildinfo.Version).
+		Str("spool", p.trail.dir).Msg("started")
+	return p, nil
+}
+
+// onTransaction is the runtime's end-of-transaction hook: one trail event per
+// transaction, appended to the local spool and nothing else.
+func (p *Process) onTransaction(st *milterrt.State) {
+	ev := eventFromState(st, time.Now())
+	p.trail.emitter.Emit(ev)
+}
+
+func (p *Process) listening() error {
+	if p.ln == nil {
+		return errors.New("not listening")
+	}
+	return nil
+}
+
+// Reload re-reads the config; an invalid config is logged and the old one kept.
+func (p *Process) Reload() {
+	cfg, err := config.Load(p.cfgPath)
+	if err != nil {
+		p.log.Error().Err(err).Msg("reload refused: config invalid, keeping the running one")
+		return
+	}
+	if mc, ok := cfg.Milter(p.name); ok {
+		if old, _ := p.cfg.Milter(p.name); old != nil && old.Listen != mc.Listen {
+			p.log.Warn().Str("listen", mc.Listen).Msg("listen address changes take a restart")
+		}
+	}
+	if r, ok := p.milter.(Reloader); ok {
+		if err := r.Reload(cfg); err != nil {
+			p.log.Error().Err(err).Msg("reload refused by milter, keeping the running config")
+			return
+		}
+	}
+	p.cfg = cfg
+	p.log.Info().Msg("reloaded")
+}
+
+// Stop stops gracefully: no new sessions; sessions inside a transaction finish
+// (bounded by shutdown_timeout); every trail event is synced to disk; the
+// drainers get a short bound to deliver; nothing undelivered is lost (it stays
+// in the spool for the next start).
+func (p *Process) Stop() error {
+	p.stopOnce.Do(func() {
+		mc, _ := p.cfg.Milter(p.name)
+		timeout := 30 * time.Second
+		if mc != nil && mc.ShutdownTimeout > 0 {
+			timeout = mc.ShutdownTimeout
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		if err := p.server.Shutdown(ctx); err != nil {
+			p.log.Warn().Err(err).Msg("sessions cut at shutdown timeout")
+		}
+		p.stopErr = p.closeParts()
+		p.log.Info().Msg("stopped")
+	})
+	return p.stopErr
+}
+
+func (p *Process) closeParts() error {
+	var errs []error
+	if p.trail != nil {
+		errs = append(errs, p.trail.close(drainFlushTimeout))
+	}
+	if p.metrics != nil {
+		errs = append(errs, p.metrics.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// SpoolDir is where a milter's trail spool lives.
+func SpoolDir(cfg *config.Config, milter string) string {
+	return filepath.Join(cfg.SpoolDir, milter, "trail")
+}
+
+// Emitter is exported for milters that emit extra events (tests, ops).
+func (p *Process) Emitter() *trail.Emitter { return p.trail.emitter }

@@ -1,0 +1,250 @@
+package spool
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Environment of the child process of TestCrashKill.
+const (
+	childEnvDir   = "GEOMILTER_SPOOL_CRASH_DIR"
+	childEnvMode  = "GEOMILTER_SPOOL_CRASH_MODE"
+	childEnvRound = "GEOMILTER_SPOOL_CRASH_ROUND"
+)
+
+func TestMain(m *testing.M) {
+	if dir := os.Getenv(childEnvDir); dir != "" {
+		os.Exit(crashChild(dir))
+	}
+	os.Exit(m.Run())
+}
+
+// crashPayload is what round appends as its i-th record: self-describing so
+// that the parent can check every byte.
+func crashPayload(round, i int) []byte {
+	return []byte(fmt.Sprintf("r=%d i=%d |%s|", round, i, strings.Repeat(string(rune('a'+i%26)), i%300)))
+}
+
+func parseCrashPayload(b []byte) (round, i int, ok bool) {
+	if _, err := fmt.Sscanf(string(b), "r=%d i=%d |", &round, &i); err != nil {
+		return 0, 0, false
+	}
+	return round, i, bytes.Equal(b, crashPayload(round, i))
+}
+
+// crashChild appends until it is killed. After each record it knows to be
+// durable it prints the record's index on stdout: in Durable mode after
+// Append returns, in GroupCommit mode after a Sync.
+func crashChild(dir string) int {
+	round, _ := strconv.Atoi(os.Getenv(childEnvRound))
+	mode := GroupCommit
+	if os.Getenv(childEnvMode) == "durable" {
+		mode = Durable
+	}
+	s, err := Open(Options{Dir: dir, Sinks: []string{"s"}, Durability: mode, SegmentBytes: 16 << 10, SyncEvery: 2 * time.Millisecond})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	for i := 0; ; i++ {
+		if err := s.Append(crashPayload(round, i)); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		durable := mode == Durable
+		if !durable && i%20 == 19 {
+			if err := s.Sync(); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 2
+			}
+			durable = true
+		}
+		if durable {
+			fmt.Fprintf(os.Stdout, "%d\n", i)
+		}
+	}
+}
+
+// TestCrashKill SIGKILLs a child process appending in a loop, several times
+// on the same directory, and checks after each kill that the spool holds a
+// contiguous, valid prefix of what each round appended, including every
+// record the child was told was durable, with Seqs contiguous across rounds.
+func TestCrashKill(t *testing.T) {
+	dir := t.TempDir()
+	rounds := []string{"durable", "group", "durable", "group", "durable"}
+	reported := make([]int, len(rounds)) // highest index reported durable per round
+	for round, mode := range rounds {
+		killAfter := 30 + 40*round // lines read before the kill
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), childEnvDir+"="+dir, childEnvMode+"="+mode, childEnvRound+"="+strconv.Itoa(round))
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		reported[round] = -1
+		sc := bufio.NewScanner(out)
+		lines := 0
+		for sc.Scan() {
+			i, err := strconv.Atoi(sc.Text())
+			if err != nil {
+				t.Fatalf("round %d: child printed %q", round, sc.Text())
+			}
+			reported[round] = i
+			if lines++; lines == killAfter {
+				// Let it run a random little while more so that the
+				// kill lands anywhere in an append.
+				time.Sleep(time.Duration(rand.Intn(3000)) * time.Microsecond)
+				if err := cmd.Process.Kill(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		err = cmd.Wait()
+		if lines < killAfter {
+			t.Fatalf("round %d: child exited after %d lines: %v\n%s", round, lines, err, stderr.String())
+		}
+
+		s, err := Open(Options{Dir: dir, Sinks: []string{"s"}})
+		if err != nil {
+			t.Fatalf("round %d: Open after kill: %v", round, err)
+		}
+		recs := readN(t, readerT(t, s, "s"), int(s.Stats().LastSeq))
+		next := make([]int, len(rounds)) // next index expected per round
+		lastRound := 0
+		for k, rec := range recs {
+			if rec.Seq != uint64(k+1) {
+				t.Fatalf("round %d: record %d has seq %d, want %d", round, k, rec.Seq, k+1)
+			}
+			r, i, ok := parseCrashPayload(rec.Data)
+			if !ok || r > round || r < lastRound || i != next[r] {
+				t.Fatalf("round %d: seq %d holds %q: want round %d..%d index %d", round, rec.Seq, rec.Data, lastRound, round, next[lastRound])
+			}
+			lastRound = r
+			next[r]++
+		}
+		for r := 0; r <= round; r++ {
+			if next[r] <= reported[r] {
+				t.Fatalf("round %d: round %d has records 0..%d, but %d was reported durable", round, r, next[r]-1, reported[r])
+			}
+		}
+		t.Logf("round %d (%s): %d records on disk, %d reported durable, %d corrupt bytes cut",
+			round, mode, next[round], reported[round]+1, s.Stats().CorruptBytes)
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestTornTail damages the final record of the last segment at every byte
+// offset (truncation, and a flipped byte) and checks that Open keeps every
+// earlier record, drops the damaged one, and continues the Seq after the
+// last valid record.
+func TestTornTail(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{Dir: dir, Sinks: []string{"a"}, Durability: Durable}
+	s := openT(t, opts)
+	const n = 5
+	for i := 0; i < n; i++ {
+		if err := s.Append(bytes.Repeat([]byte{byte('A' + i)}, 200)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	segs := segFiles(t, dir)
+	if len(segs) != 1 {
+		t.Fatalf("%d segments, want 1", len(segs))
+	}
+	orig, err := os.ReadFile(segs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	cursor, err := os.ReadFile(filepath.Join(dir, "a.cursor"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := len(orig) - (recHeaderLen + 200)
+
+	check := func(t *testing.T, seg []byte, wantRecs int, wantCorrupt int64) {
+		t.Helper()
+		if err := os.WriteFile(segs[0], seg, 0o640); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "a.cursor"), cursor, 0o640); err != nil {
+			t.Fatal(err)
+		}
+		s, err := Open(opts)
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		defer s.Close()
+		st := s.Stats()
+		if st.LastSeq != uint64(wantRecs) || st.CorruptBytes != wantCorrupt {
+			t.Fatalf("LastSeq %d, CorruptBytes %d; want %d, %d", st.LastSeq, st.CorruptBytes, wantRecs, wantCorrupt)
+		}
+		if err := s.Append([]byte("after")); err != nil {
+			t.Fatal(err)
+		}
+		r := readerT(t, s, "a")
+		recs := readN(t, r, wantRecs+1)
+		for k, rec := range recs[:wantRecs] {
+			if rec.Seq != uint64(k+1) || !bytes.Equal(rec.Data, bytes.Repeat([]byte{byte('A' + k)}, 200)) {
+				t.Fatalf("record %d: seq %d data %.20q...", k, rec.Seq, rec.Data)
+			}
+		}
+		if last := recs[wantRecs]; last.Seq != uint64(wantRecs+1) || string(last.Data) != "after" {
+			t.Fatalf("record appended after recovery: seq %d %q, want seq %d \"after\"", last.Seq, last.Data, wantRecs+1)
+		}
+	}
+
+	t.Run("truncated", func(t *testing.T) {
+		for k := start; k < len(orig); k++ {
+			check(t, orig[:k], n-1, int64(k-start))
+		}
+	})
+	t.Run("flipped byte", func(t *testing.T) {
+		for k := start; k < len(orig); k++ {
+			b := bytes.Clone(orig)
+			b[k] ^= 0x41
+			check(t, b, n-1, int64(len(orig)-start))
+		}
+	})
+	t.Run("garbage after the last record", func(t *testing.T) {
+		tail := orig[start:]
+		dup := bytes.Clone(tail) // a valid record, but its Seq repeats
+		rnd := make([]byte, 300)
+		rand.New(rand.NewSource(1)).Read(rnd)
+		for name, g := range map[string][]byte{"zeros": make([]byte, 4096), "random": rnd, "repeated record": dup} {
+			t.Run(name, func(t *testing.T) {
+				check(t, append(bytes.Clone(orig), g...), n, int64(len(g)))
+			})
+		}
+	})
+	t.Run("torn header of a new segment", func(t *testing.T) {
+		next := segPath(dir, n+1)
+		for k := 0; k < segHeaderLen; k++ {
+			if err := os.WriteFile(next, encodeSegHeader(n + 1)[:k], 0o640); err != nil {
+				t.Fatal(err)
+			}
+			check(t, orig, n, int64(k))
+			if err := os.Remove(next); err != nil && !os.IsNotExist(err) {
+				t.Fatal(err)
+			}
+		}
+	})
+}

@@ -1,0 +1,62 @@
+// Package spool is the local on-disk buffer between a milter and the sinks
+// its trail events (and archive journal records) are shipped to. Appends go
+// to this buffer so that the mail path never waits on a remote sink; one
+// background drainer per sink reads it through its own Reader and commits a
+// cursor once a batch is delivered, so a dark sink never holds back another.
+//
+// # On-disk format
+//
+// A spool directory holds:
+//
+//	LOCK                     flock(2)ed while open: one process per directory
+//	NNNNNNNNNNNNNNNNNNNN.seg segments; the name is the Seq of the first record, 20 digits
+//	<sink>.cursor            one per sink: the Seq of the last record delivered to it
+//
+// Every segment starts with a 24-byte header, then records back to back:
+//
+//	segment header: "GMSPOOL1" | base Seq u64 | CRC-32C of the first 16 bytes u32 | 4 zero bytes
+//	record:         CRC-32C u32 | length u32 | Seq u64 | time u64 | data[length]
+//
+// Integers are little-endian; time is the Unix nanoseconds of Append (from
+// Options.Clock), kept so that the age of the oldest unsent record survives a
+// restart. The CRC-32C (Castagnoli) covers everything in the record after the
+// CRC field, so a wrong length, Seq, time or data byte is detected. Within a
+// segment Seqs are consecutive and start at the base in the file name.
+// Records never span segments; a segment is sealed once the next record would
+// push it past Options.SegmentBytes, and a new one named after that record's
+// Seq is started.
+//
+// A cursor file is 1024 bytes with two 16-byte slots at offsets 0 and 512:
+// magic "GMCU" u32 | Seq u64 | CRC-32C u32. A commit overwrites the slot that
+// does not hold the current value and fsyncs; on open the valid slot with the
+// larger Seq wins. A torn cursor write therefore leaves the previous value.
+//
+// # Durability and visibility
+//
+// Readers only ever see records that are fsynced. A sink can therefore never
+// ship a record that a crash (even a power loss) later takes back, and after
+// any crash Open resumes Seq numbering above every Seq a sink has seen. In
+// GroupCommit mode a background goroutine writes and fsyncs the in-memory
+// buffer at most every SyncEvery, so readers see a record within about
+// SyncEvery of its Append. In Durable mode Append returns after its record
+// is fsynced; concurrent Appends share one fsync (the first waiter writes and
+// fsyncs everything buffered so far for everyone).
+//
+// # Recovery
+//
+// Open scans every segment not yet delivered to every sink, verifying each
+// record. At the first record that is short, has an impossible length, a Seq
+// out of order, or a CRC mismatch, the segment is truncated (Stats.CorruptBytes
+// counts what was cut). Only unsynced data can be torn by a crash, so this
+// drops nothing that was reported durable. The next Seq is above the last
+// valid record, above the base of the newest segment and above every sink's
+// cursor, so a Seq is never reused.
+//
+// # Sinks
+//
+// A sink named in Options.Sinks that has no cursor file yet starts at the
+// head: it receives records appended after that Open, not the backlog. A
+// cursor file whose sink is no longer configured is deleted at Open so it does
+// not pin segments. A cursor file that is unreadable (both slots corrupt)
+// replays every record still on disk: duplicates rather than loss.
+package spool

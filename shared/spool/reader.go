@@ -1,0 +1,286 @@
+package spool
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Record is one spooled record. Data is a private copy the caller may keep.
+type Record struct {
+	Seq  uint64
+	Data []byte
+	Time time.Time // when it was appended (Options.Clock)
+}
+
+// inflight remembers a record returned by Next but not yet committed, so
+// that Commit knows where the cursor lands on disk.
+type inflight struct {
+	seq uint64
+	ts  int64
+	seg *segment
+	end int64 // offset just after the record in seg
+}
+
+// Reader reads one sink's records in Seq order and keeps its cursor. Its
+// methods are safe for concurrent use, though a sink normally has a single
+// drainer goroutine.
+type Reader struct {
+	s    *Spool
+	sink *sinkState // guarded by s.mu
+
+	mu        sync.Mutex
+	cur       *cursorFile
+	committed uint64
+	cSeg      *segment // position just after the committed record
+	cOff      int64
+	lastSeq   uint64 // last Seq returned by Next
+	seg       *segment
+	off       int64 // next record to read
+	inflight  []inflight
+
+	file    *os.File // open on fileSeg
+	fileSeg *segment
+	buf     []byte // bytes of bufSeg from offset bufOff
+	bufSeg  *segment
+	bufOff  int64
+}
+
+// fallbackPoll bounds a wait in Next should a notification ever be missed.
+const fallbackPoll = time.Second
+
+// Next returns up to max records after the committed cursor, or after the
+// last record Next returned if that is further. It blocks until at least one
+// record is available (fsynced), ctx is done (ctx.Err()) or the spool is
+// closed (ErrClosed). max < 1 is treated as 1.
+func (r *Reader) Next(ctx context.Context, max int) ([]Record, error) {
+	if max < 1 {
+		max = 1
+	}
+	var tick *time.Ticker
+	for {
+		recs, wait, err := r.read(max)
+		if err != nil || len(recs) > 0 {
+			if tick != nil {
+				tick.Stop()
+			}
+			return recs, err
+		}
+		if tick == nil {
+			tick = time.NewTicker(fallbackPoll)
+			defer tick.Stop()
+		}
+		select {
+		case <-wait:
+		case <-tick.C:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// read returns the records available now; when there are none, wait is
+// closed once more become durable.
+func (r *Reader) read(max int) (out []Record, wait <-chan struct{}, err error) {
+	s := r.s
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for len(out) < max {
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return nil, nil, fmt.Errorf("spool %s: %w", s.opts.Dir, ErrClosed)
+		}
+		wait = s.notify
+		r.seg, r.off = s.normalizeLocked(r.seg, r.off)
+		limit := r.seg.durable
+		s.mu.Unlock()
+		if r.off >= limit {
+			break
+		}
+		for len(out) < max && r.off < limit {
+			rec, n, err := r.decode(limit)
+			if err != nil {
+				if len(out) > 0 {
+					return out, nil, nil // the error comes back on the next call
+				}
+				return nil, nil, err
+			}
+			out = append(out, rec)
+			r.off += n
+			r.lastSeq = rec.Seq
+			r.inflight = append(r.inflight, inflight{seq: rec.Seq, ts: rec.Time.UnixNano(), seg: r.seg, end: r.off})
+		}
+	}
+	return out, wait, nil
+}
+
+// decode reads and verifies the record at r.off, which lies below limit.
+func (r *Reader) decode(limit int64) (Record, int64, error) {
+	b, err := r.bytesAt(r.off, recHeaderLen, limit)
+	if err != nil {
+		return Record{}, 0, err
+	}
+	h, err := parseHeader(b)
+	if err != nil {
+		return Record{}, 0, r.corrupt(err)
+	}
+	b, err = r.bytesAt(r.off, recHeaderLen+int64(h.length), limit)
+	if err != nil {
+		return Record{}, 0, err
+	}
+	h, data, n, err := decodeRecord(b)
+	if err != nil {
+		return Record{}, 0, r.corrupt(err)
+	}
+	if h.seq <= r.lastSeq {
+		return Record{}, 0, r.corrupt(fmt.Errorf("Seq %d after %d", h.seq, r.lastSeq))
+	}
+	return Record{Seq: h.seq, Data: append([]byte(nil), data...), Time: time.Unix(0, h.ts)}, int64(n), nil
+}
+
+func (r *Reader) corrupt(err error) error {
+	return fmt.Errorf("spool %s: sink %s: %s offset %d: %w: %v", r.s.opts.Dir, r.sink.name, r.seg.path, r.off, ErrCorrupt, err)
+}
+
+// bytesAt returns n bytes of r.seg at off, reading ahead up to limit.
+func (r *Reader) bytesAt(off, n, limit int64) ([]byte, error) {
+	if r.bufSeg == r.seg && off >= r.bufOff && off+n <= r.bufOff+int64(len(r.buf)) {
+		return r.buf[off-r.bufOff : off-r.bufOff+n], nil
+	}
+	if off+n > limit {
+		return nil, r.corrupt(fmt.Errorf("record of %d bytes crosses the end of fsynced data at %d", n, limit))
+	}
+	if r.fileSeg != r.seg {
+		r.closeFile()
+		f, err := os.Open(r.seg.path)
+		if err != nil {
+			return nil, fmt.Errorf("spool %s: sink %s: %w", r.s.opts.Dir, r.sink.name, err)
+		}
+		r.file, r.fileSeg = f, r.seg
+	}
+	want := min(max(n, readAhead), limit-off)
+	if int64(cap(r.buf)) < want {
+		r.buf = make([]byte, want)
+	}
+	r.buf = r.buf[:want]
+	r.bufSeg = nil
+	if _, err := r.file.ReadAt(r.buf, off); err != nil {
+		return nil, fmt.Errorf("spool %s: sink %s: read %s: %w", r.s.opts.Dir, r.sink.name, r.seg.path, err)
+	}
+	r.bufSeg, r.bufOff = r.seg, off
+	return r.buf[:n], nil
+}
+
+func (r *Reader) closeFile() {
+	if r.file != nil {
+		r.file.Close()
+		r.file, r.fileSeg = nil, nil
+	}
+	r.bufSeg = nil
+}
+
+// Commit durably records that the records up to seq are delivered to this
+// sink; they will not be returned again, even after a restart. seq must not
+// be beyond the last record Next returned; committing an older seq is a
+// no-op. Segments delivered to every sink are deleted.
+func (r *Reader) Commit(seq uint64) error {
+	s := r.s
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return fmt.Errorf("spool %s: %w", s.opts.Dir, ErrClosed)
+	}
+	if seq <= r.committed {
+		return nil
+	}
+	if seq > r.lastSeq {
+		return fmt.Errorf("spool %s: sink %s: commit %d beyond the last record returned (%d)", s.opts.Dir, r.sink.name, seq, r.lastSeq)
+	}
+	i := sort.Search(len(r.inflight), func(i int) bool { return r.inflight[i].seq > seq }) - 1
+	if i < 0 {
+		return fmt.Errorf("spool %s: sink %s: commit %d: record not returned by Next", s.opts.Dir, r.sink.name, seq)
+	}
+	e := r.inflight[i]
+	if err := r.cur.write(e.seq); err != nil {
+		return fmt.Errorf("spool %s: sink %s: write cursor: %w", s.opts.Dir, r.sink.name, err)
+	}
+	r.committed = e.seq
+	r.cSeg, r.cOff = e.seg, e.end
+	nextTs, haveTs := int64(0), false
+	if i+1 < len(r.inflight) {
+		nextTs, haveTs = r.inflight[i+1].ts, true
+	}
+	r.inflight = append(r.inflight[:0], r.inflight[i+1:]...)
+
+	// Find the time of the sink's new oldest unsent record for Stats.
+	for {
+		s.mu.Lock()
+		seg, off := s.normalizeLocked(e.seg, e.end)
+		pos := seg.logStart + off
+		if !haveTs && pos < s.headPos {
+			if off < seg.durable {
+				// On disk: read its header without holding s.mu, which
+				// Append needs.
+				s.mu.Unlock()
+				nextTs, haveTs = r.timeAt(seg, off, e.ts), true
+				continue
+			}
+			nextTs, haveTs = s.pendingTsLocked(seg, off)
+			if !haveTs {
+				nextTs = e.ts // cannot happen; a lower bound is the safe answer
+			}
+		}
+		r.sink.cursor = e.seq
+		r.sink.pos = pos
+		r.sink.oldest = nextTs
+		s.mu.Unlock()
+		break
+	}
+	s.collect()
+	return nil
+}
+
+// timeAt returns the append time of the durable record at seg/off, or
+// fallback if it cannot be read.
+func (r *Reader) timeAt(seg *segment, off int64, fallback int64) int64 {
+	if r.bufSeg == seg && off >= r.bufOff && off+recHeaderLen <= r.bufOff+int64(len(r.buf)) {
+		if h, err := parseHeader(r.buf[off-r.bufOff:]); err == nil {
+			return h.ts
+		}
+		return fallback
+	}
+	f := r.file
+	if r.fileSeg != seg {
+		var err error
+		if f, err = os.Open(seg.path); err != nil {
+			return fallback
+		}
+		defer f.Close()
+	}
+	var b [recHeaderLen]byte
+	if _, err := f.ReadAt(b[:], off); err != nil {
+		return fallback
+	}
+	h, err := parseHeader(b[:])
+	if err != nil {
+		return fallback
+	}
+	return h.ts
+}
+
+// Rewind makes the next Next start again just after the committed cursor,
+// typically after a failed send.
+func (r *Reader) Rewind() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.seg, r.off = r.cSeg, r.cOff
+	r.lastSeq = r.committed
+	r.inflight = r.inflight[:0]
+}

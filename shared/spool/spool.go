@@ -1,0 +1,978 @@
+package spool
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Durability selects when Append returns relative to the record reaching disk.
+type Durability int
+
+const (
+	// GroupCommit buffers records in memory and fsyncs at most every
+	// SyncEvery; Append never waits for the disk. A crash loses at most the
+	// records of the last SyncEvery.
+	GroupCommit Durability = iota
+	// Durable returns from Append only after the record is fsynced;
+	// concurrent Appends share fsyncs.
+	Durable
+)
+
+// Defaults applied by Open to zero Options fields.
+const (
+	DefaultMaxBytes     = 1 << 30
+	DefaultSegmentBytes = 64 << 20
+	DefaultSyncEvery    = 100 * time.Millisecond
+	DefaultMaxBuffered  = 64 << 20
+
+	chunkSize = 64 << 10 // unit of the in-memory append buffer
+	readAhead = 256 << 10
+	maxFree   = 64 // chunk buffers kept for reuse
+)
+
+// Options configure a spool. Dir and Sinks are required.
+type Options struct {
+	Dir          string
+	Sinks        []string // names of the consumers; each gets its own persistent cursor
+	MaxBytes     int64    // bound on bytes not yet delivered to every sink; 0 = 1 GiB
+	SegmentBytes int64    // segment file size; 0 = 64 MiB
+	Durability   Durability
+	SyncEvery    time.Duration    // GroupCommit fsync interval; 0 = 100ms
+	Clock        func() time.Time // record timestamps; nil = time.Now
+
+	// MaxBuffered bounds the bytes appended but not yet written and fsynced,
+	// which are held in memory; past it Append returns ErrFull rather than
+	// grow memory while the disk stalls. 0 = min(64 MiB, MaxBytes).
+	MaxBuffered int64
+	// Logger, if set, receives errors of the background flusher (which
+	// retries) and of segment deletion; nothing else is logged.
+	Logger *zerolog.Logger
+}
+
+// Errors returned by the spool; match them with errors.Is.
+var (
+	ErrFull     = errors.New("spool full")   // Append: the record was not written (dropped)
+	ErrClosed   = errors.New("spool closed") // the spool was closed
+	ErrTooLarge = errors.New("spool record too large")
+	ErrCorrupt  = errors.New("spool data corrupt") // Reader: a fsynced record no longer verifies
+)
+
+var sinkNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$`)
+
+// segment is one segment file. Fields other than base, path and logStart
+// are guarded by Spool.mu.
+type segment struct {
+	base     uint64
+	path     string
+	logStart int64 // position of the file's offset 0 in the spool's logical byte space
+
+	size    int64  // bytes appended, including those still in memory
+	durable int64  // bytes written and fsynced; readers stop here
+	sealed  bool   // no more appends: a newer segment exists
+	lastSeq uint64 // last Seq appended to it, 0 if none
+}
+
+// chunk is a piece of the in-memory append buffer, destined for seg at off.
+// A record never straddles two chunks.
+type chunk struct {
+	seg    *segment
+	off    int64
+	buf    []byte
+	create bool // first chunk of a new segment file
+}
+
+// sinkState is the spool's view of one sink, guarded by Spool.mu.
+type sinkState struct {
+	name   string
+	cursor uint64 // last Seq committed
+	pos    int64  // logical position just after the committed record
+	oldest int64  // time of the first record after pos; meaningful only if pos < headPos
+	reader *Reader
+}
+
+// Spool is an append-only, crash-safe, multi-cursor local buffer. All
+// methods are safe for concurrent use.
+type Spool struct {
+	opts Options
+	lock *os.File
+
+	mu         sync.Mutex
+	closed     bool
+	segs       []*segment // oldest first; the last one takes appends
+	nextSeq    uint64
+	headPos    int64 // logical end of appended data
+	durableSeq uint64
+	pending    []*chunk // appended, not yet handed to a flush
+	flushing   []*chunk // being written and fsynced
+	buffered   int64    // bytes in pending and flushing
+	free       [][]byte
+	dirty      bool // pending non-empty and the flusher kicked
+	sinks      []*sinkState
+	byName     map[string]*sinkState
+	notify     chan struct{} // closed and replaced when durable data grows
+	leading    bool          // a Durable appender is flushing for the group
+	flushed    *sync.Cond    // on mu: a leader's flush ended
+	dropped    uint64
+	fsyncs     uint64
+	writeErrs  uint64
+	corrupt    int64
+	lastErr    error
+
+	flushMu sync.Mutex // one flush at a time; the holder owns wfiles
+	wfiles  map[*segment]*os.File
+	wclosed bool
+
+	kick chan struct{}
+	stop chan struct{}
+	done chan struct{}
+}
+
+// Open opens or creates the spool in opts.Dir, recovering from any crash:
+// see the package comment for what recovery does.
+func Open(opts Options) (*Spool, error) {
+	if opts.Dir == "" {
+		return nil, errors.New("spool: Options.Dir is empty")
+	}
+	if opts.MaxBytes == 0 {
+		opts.MaxBytes = DefaultMaxBytes
+	}
+	if opts.SegmentBytes == 0 {
+		opts.SegmentBytes = DefaultSegmentBytes
+	}
+	if opts.SyncEvery == 0 {
+		opts.SyncEvery = DefaultSyncEvery
+	}
+	if opts.MaxBuffered == 0 {
+		opts.MaxBuffered = min(DefaultMaxBuffered, opts.MaxBytes)
+	}
+	if opts.Clock == nil {
+		opts.Clock = time.Now
+	}
+	switch {
+	case opts.MaxBytes < 0, opts.MaxBuffered < 0, opts.SyncEvery < 0:
+		return nil, fmt.Errorf("spool %s: negative MaxBytes, MaxBuffered or SyncEvery", opts.Dir)
+	case opts.SegmentBytes < segHeaderLen+recHeaderLen:
+		return nil, fmt.Errorf("spool %s: SegmentBytes %d too small", opts.Dir, opts.SegmentBytes)
+	case opts.Durability != GroupCommit && opts.Durability != Durable:
+		return nil, fmt.Errorf("spool %s: unknown durability %d", opts.Dir, opts.Durability)
+	}
+	s := &Spool{
+		opts:   opts,
+		byName: make(map[string]*sinkState),
+		notify: make(chan struct{}),
+		wfiles: make(map[*segment]*os.File),
+		kick:   make(chan struct{}, 1),
+	}
+	s.flushed = sync.NewCond(&s.mu)
+	for _, name := range opts.Sinks {
+		if !sinkNameRE.MatchString(name) {
+			return nil, fmt.Errorf("spool %s: invalid sink name %q (letters, digits, '_', '.', '-')", opts.Dir, name)
+		}
+		if s.byName[name] != nil {
+			return nil, fmt.Errorf("spool %s: duplicate sink %q", opts.Dir, name)
+		}
+		sk := &sinkState{name: name}
+		s.sinks = append(s.sinks, sk)
+		s.byName[name] = sk
+	}
+	if err := os.MkdirAll(opts.Dir, 0o750); err != nil {
+		return nil, fmt.Errorf("spool %s: %w", opts.Dir, err)
+	}
+	lock, err := os.OpenFile(filepath.Join(opts.Dir, "LOCK"), os.O_RDWR|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("spool %s: %w", opts.Dir, err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("spool %s: directory in use by another spool: %w", opts.Dir, err)
+	}
+	s.lock = lock
+	if err := s.recover(); err != nil {
+		for _, sk := range s.sinks {
+			if sk.reader != nil && sk.reader.cur != nil {
+				sk.reader.cur.close()
+			}
+		}
+		lock.Close()
+		return nil, fmt.Errorf("spool %s: %w", opts.Dir, err)
+	}
+	if opts.Durability == GroupCommit {
+		s.stop = make(chan struct{})
+		s.done = make(chan struct{})
+		go s.flushLoop()
+	}
+	return s, nil
+}
+
+func segPath(dir string, base uint64) string {
+	return filepath.Join(dir, fmt.Sprintf("%020d.seg", base))
+}
+
+func cursorPath(dir, sink string) string {
+	return filepath.Join(dir, sink+".cursor")
+}
+
+// recover rebuilds the in-memory state from the directory.
+func (s *Spool) recover() error {
+	dir := s.opts.Dir
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	var bases []uint64
+	haveCursor := make(map[string]bool)
+	for _, e := range entries {
+		name := e.Name()
+		switch {
+		case strings.HasSuffix(name, ".tmp"):
+			if err := os.Remove(filepath.Join(dir, name)); err != nil {
+				return err
+			}
+		case strings.HasSuffix(name, ".seg"):
+			if b, err := strconv.ParseUint(strings.TrimSuffix(name, ".seg"), 10, 64); err == nil && b > 0 {
+				bases = append(bases, b)
+			}
+		case strings.HasSuffix(name, ".cursor"):
+			sink := strings.TrimSuffix(name, ".cursor")
+			if s.byName[sink] == nil {
+				// A sink no longer configured must not pin segments.
+				if err := os.Remove(filepath.Join(dir, name)); err != nil {
+					return err
+				}
+				continue
+			}
+			haveCursor[sink] = true
+		}
+	}
+	sort.Slice(bases, func(i, j int) bool { return bases[i] < bases[j] })
+
+	// Cursors of known sinks; minKnown is the lowest, which pins segments.
+	type scanSink struct {
+		sk    *sinkState
+		found bool
+		seg   *segment
+		off   int64
+	}
+	var known []*scanSink
+	minKnown := uint64(math.MaxUint64)
+	for _, sk := range s.sinks {
+		r := &Reader{s: s, sink: sk}
+		sk.reader = r
+		if !haveCursor[sk.name] {
+			continue
+		}
+		c, seq, ok, err := openCursor(cursorPath(dir, sk.name))
+		if err != nil {
+			return err
+		}
+		r.cur = c
+		if !ok {
+			s.logErr(fmt.Errorf("cursor of sink %s unreadable; replaying every record on disk", sk.name))
+			seq = 0
+		}
+		sk.cursor = seq
+		known = append(known, &scanSink{sk: sk})
+		minKnown = min(minKnown, seq)
+	}
+
+	var logical int64
+	for i, base := range bases {
+		path := segPath(dir, base)
+		last := i == len(bases)-1
+		if !last && bases[i+1]-1 <= minKnown {
+			// Every record in it is delivered to every sink.
+			if err := os.Remove(path); err != nil {
+				return err
+			}
+			continue
+		}
+		seg := &segment{base: base, path: path, logStart: logical}
+		visit := func(h recHeader, off int64) {
+			for _, k := range known {
+				if !k.found && h.seq > k.sk.cursor {
+					k.found, k.seg, k.off = true, seg, off
+					k.sk.oldest = h.ts
+				}
+			}
+		}
+		keep, err := s.scanSegment(seg, last, visit)
+		if err != nil {
+			return err
+		}
+		if !keep {
+			continue
+		}
+		if n := len(s.segs); n > 0 && s.segs[n-1].lastSeq >= base {
+			return fmt.Errorf("segment %s overlaps Seqs of %s", path, s.segs[n-1].path)
+		}
+		s.segs = append(s.segs, seg)
+		logical += seg.size
+	}
+
+	// The next Seq is above everything any sink may have seen.
+	next := uint64(1)
+	var last *segment
+	if n := len(s.segs); n > 0 {
+		last = s.segs[n-1]
+		next = max(next, last.base)
+		if last.lastSeq > 0 {
+			next = max(next, last.lastSeq+1)
+		}
+	}
+	for _, k := range known {
+		next = max(next, k.sk.cursor+1)
+	}
+	if last != nil && last.lastSeq == 0 && last.base != next {
+		if err := os.Remove(last.path); err != nil {
+			return err
+		}
+		s.segs = s.segs[:len(s.segs)-1]
+		logical -= last.size
+		last = nil
+	}
+	if last == nil || (last.lastSeq != 0 && last.lastSeq+1 != next) {
+		if last != nil {
+			last.sealed = true
+		}
+		seg, err := createSegment(dir, next, logical)
+		if err != nil {
+			return err
+		}
+		s.segs = append(s.segs, seg)
+		last = seg
+	}
+	last.sealed = false
+	s.nextSeq = next
+	s.durableSeq = next - 1
+	s.headPos = last.logStart + last.size
+
+	for _, k := range known {
+		r := k.sk.reader
+		if k.found {
+			r.cSeg, r.cOff = k.seg, k.off
+		} else {
+			r.cSeg, r.cOff = last, last.size
+		}
+		k.sk.pos = r.cSeg.logStart + r.cOff
+	}
+	for _, sk := range s.sinks {
+		r := sk.reader
+		if r.cur == nil {
+			// New sink: starts at the head, it does not replay the backlog.
+			c, err := createCursor(dir, cursorPath(dir, sk.name), next-1)
+			if err != nil {
+				return err
+			}
+			r.cur = c
+			sk.cursor = next - 1
+			r.cSeg, r.cOff = last, last.size
+			sk.pos = s.headPos
+		}
+		r.committed = sk.cursor
+		r.lastSeq = sk.cursor
+		r.seg, r.off = r.cSeg, r.cOff
+	}
+	s.collect()
+	return nil
+}
+
+// createSegment creates an empty segment file durably.
+func createSegment(dir string, base uint64, logStart int64) (*segment, error) {
+	path := segPath(dir, base)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o640)
+	if err != nil {
+		return nil, err
+	}
+	_, err = f.WriteAt(encodeSegHeader(base), 0)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = syncDir(dir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &segment{base: base, path: path, logStart: logStart, size: segHeaderLen, durable: segHeaderLen}, nil
+}
+
+// scanSegment verifies seg's file record by record, truncates it at the first
+// invalid byte and fsyncs what remains (data surviving a kill -9 may still be
+// only in the page cache). keep is false if the segment held nothing usable
+// and was removed.
+func (s *Spool) scanSegment(seg *segment, last bool, visit func(recHeader, int64)) (keep bool, err error) {
+	f, err := os.OpenFile(seg.path, os.O_RDWR, 0)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return false, err
+	}
+	size := fi.Size()
+	hdr := make([]byte, segHeaderLen)
+	if _, err := f.ReadAt(hdr, 0); err != nil && !errors.Is(err, io.EOF) {
+		return false, err
+	}
+	if size < segHeaderLen || checkSegHeader(hdr, seg.base) != nil {
+		s.corrupt += size
+		if !last {
+			return false, os.Remove(seg.path)
+		}
+		// The newest segment may have been created just before a crash.
+		if err := f.Truncate(0); err != nil {
+			return false, err
+		}
+		if _, err := f.WriteAt(encodeSegHeader(seg.base), 0); err != nil {
+			return false, err
+		}
+		if err := f.Sync(); err != nil {
+			return false, err
+		}
+		seg.size, seg.durable = segHeaderLen, segHeaderLen
+		return true, nil
+	}
+
+	br := bufio.NewReaderSize(io.NewSectionReader(f, segHeaderLen, size-segHeaderLen), 1<<20)
+	off := int64(segHeaderLen)
+	expect := seg.base
+	var hb [recHeaderLen]byte
+	var data []byte
+	for {
+		if _, err := io.ReadFull(br, hb[:]); err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				break
+			}
+			return false, err
+		}
+		h, err := parseHeader(hb[:])
+		if err != nil || h.seq != expect {
+			break
+		}
+		if cap(data) < int(h.length) {
+			data = make([]byte, h.length)
+		}
+		data = data[:h.length]
+		if _, err := io.ReadFull(br, data); err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				break
+			}
+			return false, err
+		}
+		if checkRecord(h, hb[:], data) != nil {
+			break
+		}
+		visit(h, off)
+		off += recHeaderLen + int64(h.length)
+		expect++
+	}
+	if off < size {
+		s.corrupt += size - off
+		if err := f.Truncate(off); err != nil {
+			return false, err
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return false, err
+	}
+	seg.size, seg.durable = off, off
+	seg.sealed = !last
+	if expect > seg.base {
+		seg.lastSeq = expect - 1
+	} else if !last {
+		return false, os.Remove(seg.path)
+	}
+	return true, nil
+}
+
+// Append adds rec to the spool. In GroupCommit mode it returns without
+// waiting for the disk; in Durable mode after the record is fsynced (an error
+// then means the record may or may not be stored). When MaxBytes (or
+// MaxBuffered) would be exceeded the record is not written, Stats.Dropped
+// is incremented and the error is ErrFull; Append never blocks on space.
+func (s *Spool) Append(rec []byte) error {
+	if len(rec) > maxRecordLen {
+		s.mu.Lock()
+		s.dropped++
+		s.mu.Unlock()
+		return fmt.Errorf("spool %s: %w: %d bytes, limit %d", s.opts.Dir, ErrTooLarge, len(rec), maxRecordLen)
+	}
+	n := int64(recHeaderLen + len(rec))
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return fmt.Errorf("spool %s: %w", s.opts.Dir, ErrClosed)
+	}
+	seg := s.segs[len(s.segs)-1]
+	rotate := seg.lastSeq != 0 && seg.size+n > s.opts.SegmentBytes
+	need := n
+	if rotate {
+		need += segHeaderLen
+	}
+	if s.pendingBytesLocked()+need > s.opts.MaxBytes || s.buffered+need > s.opts.MaxBuffered {
+		s.dropped++
+		s.mu.Unlock()
+		return fmt.Errorf("spool %s: %w", s.opts.Dir, ErrFull)
+	}
+	oldHead := s.headPos
+	if rotate {
+		seg.sealed = true
+		ns := &segment{base: s.nextSeq, path: segPath(s.opts.Dir, s.nextSeq), logStart: seg.logStart + seg.size, size: segHeaderLen}
+		s.segs = append(s.segs, ns)
+		c := s.newChunkLocked(ns, 0, segHeaderLen)
+		c.create = true
+		c.buf = append(c.buf, encodeSegHeader(ns.base)...)
+		s.buffered += segHeaderLen
+		s.headPos += segHeaderLen
+		seg = ns
+	}
+	var c *chunk
+	if k := len(s.pending); k > 0 {
+		c = s.pending[k-1]
+	}
+	if c == nil || c.seg != seg || int64(cap(c.buf)-len(c.buf)) < n {
+		c = s.newChunkLocked(seg, seg.size, n)
+	}
+	seq := s.nextSeq
+	s.nextSeq++
+	ts := s.opts.Clock().UnixNano()
+	c.buf = appendRecord(c.buf, seq, ts, rec)
+	seg.size += n
+	seg.lastSeq = seq
+	s.headPos += n
+	s.buffered += n
+	for _, sk := range s.sinks {
+		if sk.pos >= oldHead { // the sink was caught up: this is its oldest unsent record
+			sk.oldest = ts
+		}
+	}
+	if !s.dirty {
+		s.dirty = true
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
+	s.mu.Unlock()
+	if s.opts.Durability == Durable {
+		return s.waitDurable(seq)
+	}
+	return nil
+}
+
+func (s *Spool) newChunkLocked(seg *segment, off, need int64) *chunk {
+	var buf []byte
+	if need <= chunkSize && len(s.free) > 0 {
+		buf = s.free[len(s.free)-1]
+		s.free = s.free[:len(s.free)-1]
+	} else {
+		buf = make([]byte, 0, max(need, chunkSize))
+	}
+	c := &chunk{seg: seg, off: off, buf: buf}
+	s.pending = append(s.pending, c)
+	return c
+}
+
+// pendingBytesLocked is the bytes not yet delivered to every sink.
+func (s *Spool) pendingBytesLocked() int64 {
+	if len(s.sinks) == 0 {
+		return 0
+	}
+	return s.headPos - s.minPosLocked()
+}
+
+func (s *Spool) minPosLocked() int64 {
+	m := s.headPos
+	for _, sk := range s.sinks {
+		m = min(m, sk.pos)
+	}
+	return m
+}
+
+// Sync writes and fsyncs everything appended so far.
+func (s *Spool) Sync() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return fmt.Errorf("spool %s: %w", s.opts.Dir, ErrClosed)
+	}
+	target := s.nextSeq - 1
+	s.mu.Unlock()
+	return s.waitDurable(target)
+}
+
+// waitDurable returns once seq is fsynced. Group commit: if no flush is
+// under way the caller becomes the leader and flushes everything buffered
+// (its record and everyone else's); otherwise it waits for the running flush
+// to finish, returns if that covered its record, or else leads the next one.
+// Waiters do not queue on flushMu, so they learn of their durability as soon
+// as the flush that covered them ends and can append again while the next
+// leader's fsync collects records.
+func (s *Spool) waitDurable(seq uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for s.durableSeq < seq {
+		if s.leading {
+			s.flushed.Wait()
+			continue
+		}
+		s.leading = true
+		s.mu.Unlock()
+		// Writers just released by the previous flush are about to
+		// append: let them, so that they share this fsync.
+		runtime.Gosched()
+		s.flushMu.Lock()
+		err := s.flushLocked()
+		s.flushMu.Unlock()
+		s.mu.Lock()
+		s.leading = false
+		s.flushed.Broadcast()
+		if err != nil && s.durableSeq < seq {
+			return fmt.Errorf("spool %s: %w", s.opts.Dir, err)
+		}
+	}
+	return nil
+}
+
+// flushLocked writes and fsyncs all pending chunks. The caller holds
+// flushMu. On failure the chunks go back to the front of pending, so the
+// next flush rewrites them from memory: after a failed fsync the page cache
+// cannot be trusted to still hold them.
+func (s *Spool) flushLocked() error {
+	if s.wclosed {
+		return ErrClosed
+	}
+	s.mu.Lock()
+	batch := s.pending
+	s.pending = nil
+	s.dirty = false
+	if len(batch) == 0 {
+		s.mu.Unlock()
+		return nil
+	}
+	s.flushing = batch
+	lastSeq := s.nextSeq - 1
+	s.mu.Unlock()
+
+	syncs, err := s.writeBatch(batch)
+
+	s.mu.Lock()
+	s.flushing = nil
+	s.fsyncs += syncs
+	if err != nil {
+		s.pending = append(batch, s.pending...)
+		s.writeErrs++
+		s.lastErr = err
+		s.mu.Unlock()
+		return err
+	}
+	for _, c := range batch {
+		if end := c.off + int64(len(c.buf)); end > c.seg.durable {
+			c.seg.durable = end
+		}
+		s.buffered -= int64(len(c.buf))
+		if cap(c.buf) == chunkSize && len(s.free) < maxFree {
+			s.free = append(s.free, c.buf[:0])
+		}
+	}
+	s.durableSeq = lastSeq
+	close(s.notify)
+	s.notify = make(chan struct{})
+	s.mu.Unlock()
+	s.collect()
+	return nil
+}
+
+// writeBatch writes chunks to their files and fsyncs every file touched.
+func (s *Spool) writeBatch(batch []*chunk) (syncs uint64, err error) {
+	var touched []*segment
+	created := false
+	for _, c := range batch {
+		f, ok := s.wfiles[c.seg]
+		if !ok {
+			flag := os.O_RDWR
+			if c.create {
+				flag |= os.O_CREATE | os.O_TRUNC
+				created = true
+			}
+			f, err = os.OpenFile(c.seg.path, flag, 0o640)
+			if err != nil {
+				return syncs, err
+			}
+			s.wfiles[c.seg] = f
+		}
+		if len(touched) == 0 || touched[len(touched)-1] != c.seg {
+			touched = append(touched, c.seg)
+		}
+		if _, err := f.WriteAt(c.buf, c.off); err != nil {
+			return syncs, fmt.Errorf("write %s: %w", c.seg.path, err)
+		}
+	}
+	for _, seg := range touched {
+		syncs++
+		if err := s.wfiles[seg].Sync(); err != nil {
+			return syncs, fmt.Errorf("fsync %s: %w", seg.path, err)
+		}
+	}
+	if created {
+		syncs++
+		if err := syncDir(s.opts.Dir); err != nil {
+			return syncs, err
+		}
+	}
+	// A sealed segment's remaining writes, if any, reopen it on demand.
+	s.mu.Lock()
+	var done []*os.File
+	for seg, f := range s.wfiles {
+		if seg.sealed {
+			done = append(done, f)
+			delete(s.wfiles, seg)
+		}
+	}
+	s.mu.Unlock()
+	for _, f := range done {
+		f.Close()
+	}
+	return syncs, nil
+}
+
+// flushLoop is the GroupCommit flusher: after a kick it waits until
+// SyncEvery has passed since its last flush, then flushes everything.
+func (s *Spool) flushLoop() {
+	defer close(s.done)
+	var last time.Time
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-s.kick:
+		}
+		if wait := s.opts.SyncEvery - time.Since(last); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-s.stop:
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		}
+		s.flushMu.Lock()
+		err := s.flushLocked()
+		s.flushMu.Unlock()
+		last = time.Now()
+		if err != nil {
+			s.logErr(fmt.Errorf("flush failed, will retry: %w", err))
+			s.mu.Lock()
+			s.dirty = true
+			s.mu.Unlock()
+			select {
+			case s.kick <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// collect deletes sealed segments whose records are delivered to every sink.
+func (s *Spool) collect() {
+	s.mu.Lock()
+	minPos := s.minPosLocked()
+	var doomed []*segment
+	for len(s.segs) > 1 {
+		seg := s.segs[0]
+		if !seg.sealed || seg.durable < seg.size || seg.logStart+seg.size > minPos {
+			break
+		}
+		doomed = append(doomed, seg)
+		s.segs = s.segs[1:]
+	}
+	s.mu.Unlock()
+	for _, seg := range doomed {
+		// A failed delete leaves a file that the next Open removes.
+		if err := os.Remove(seg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			s.logErr(err)
+		}
+	}
+}
+
+func (s *Spool) logErr(err error) {
+	s.mu.Lock()
+	s.lastErr = err
+	s.mu.Unlock()
+	if s.opts.Logger != nil {
+		s.opts.Logger.Error().Err(err).Str("spool", s.opts.Dir).Msg("spool")
+	}
+}
+
+// Close writes and fsyncs everything appended, closes the files and wakes
+// blocked readers; later calls get ErrClosed. Close is idempotent.
+func (s *Spool) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	if s.stop != nil {
+		close(s.stop)
+		<-s.done
+	}
+	s.flushMu.Lock()
+	err := s.flushLocked()
+	for seg, f := range s.wfiles {
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		delete(s.wfiles, seg)
+	}
+	s.wclosed = true
+	s.flushMu.Unlock()
+
+	s.mu.Lock()
+	close(s.notify) // left closed: any later wait returns at once
+	s.mu.Unlock()
+	for _, sk := range s.sinks {
+		r := sk.reader
+		r.mu.Lock()
+		r.closeFile()
+		if cerr := r.cur.close(); err == nil {
+			err = cerr
+		}
+		r.mu.Unlock()
+	}
+	if cerr := s.lock.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("spool %s: close: %w", s.opts.Dir, err)
+	}
+	return nil
+}
+
+// Reader returns the reader of a sink named in Options.Sinks. There is one
+// Reader per sink; calling Reader again returns the same one.
+func (s *Spool) Reader(sink string) (*Reader, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, fmt.Errorf("spool %s: %w", s.opts.Dir, ErrClosed)
+	}
+	sk := s.byName[sink]
+	if sk == nil {
+		return nil, fmt.Errorf("spool %s: unknown sink %q", s.opts.Dir, sink)
+	}
+	return sk.reader, nil
+}
+
+// Stats is a snapshot of the spool. Records and Bytes count what is not yet
+// delivered to every sink (Records counts Seqs, so a gap left by a corrupt
+// segment is included).
+type Stats struct {
+	Records, Bytes int64
+	OldestUnsent   time.Time // zero if nothing is pending
+	PerSink        map[string]SinkStats
+	Dropped        uint64 // Appends refused (ErrFull, ErrTooLarge)
+
+	LastSeq      uint64 // last Seq appended
+	DurableSeq   uint64 // last Seq fsynced (visible to readers)
+	Segments     int
+	Fsyncs       uint64 // fsync calls on segment files and the directory
+	WriteErrors  uint64 // failed flushes (retried)
+	CorruptBytes int64  // torn or corrupt bytes truncated by Open
+	LastError    error  // most recent background error, if any
+}
+
+// SinkStats is one sink's part of Stats.
+type SinkStats struct {
+	Pending      int64
+	OldestUnsent time.Time
+	CommittedSeq uint64
+}
+
+// Stats returns counters and backlog; it only reads memory.
+func (s *Spool) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := Stats{
+		Bytes:        s.pendingBytesLocked(),
+		PerSink:      make(map[string]SinkStats, len(s.sinks)),
+		Dropped:      s.dropped,
+		LastSeq:      s.nextSeq - 1,
+		DurableSeq:   s.durableSeq,
+		Segments:     len(s.segs),
+		Fsyncs:       s.fsyncs,
+		WriteErrors:  s.writeErrs,
+		CorruptBytes: s.corrupt,
+		LastError:    s.lastErr,
+	}
+	for _, sk := range s.sinks {
+		var ss SinkStats
+		ss.CommittedSeq = sk.cursor
+		if sk.pos < s.headPos {
+			ss.Pending = int64(s.nextSeq - 1 - sk.cursor)
+			ss.OldestUnsent = time.Unix(0, sk.oldest)
+			if st.OldestUnsent.IsZero() || ss.OldestUnsent.Before(st.OldestUnsent) {
+				st.OldestUnsent = ss.OldestUnsent
+			}
+		}
+		st.Records = max(st.Records, ss.Pending)
+		st.PerSink[sk.name] = ss
+	}
+	return st
+}
+
+// segAfterLocked returns the first segment newer than seg, or nil.
+func (s *Spool) segAfterLocked(seg *segment) *segment {
+	i := sort.Search(len(s.segs), func(i int) bool { return s.segs[i].base > seg.base })
+	if i == len(s.segs) {
+		return nil
+	}
+	return s.segs[i]
+}
+
+// normalizeLocked moves a position at the end of a sealed segment to the
+// first record of the next one.
+func (s *Spool) normalizeLocked(seg *segment, off int64) (*segment, int64) {
+	for seg.sealed && off >= seg.size {
+		nx := s.segAfterLocked(seg)
+		if nx == nil {
+			break
+		}
+		seg, off = nx, segHeaderLen
+	}
+	return seg, off
+}
+
+// pendingTsLocked returns the time of the not yet durable record at seg/off
+// from the in-memory buffer.
+func (s *Spool) pendingTsLocked(seg *segment, off int64) (int64, bool) {
+	for _, list := range [][]*chunk{s.flushing, s.pending} {
+		for _, c := range list {
+			if c.seg == seg && off >= c.off && off+recHeaderLen <= c.off+int64(len(c.buf)) {
+				h, err := parseHeader(c.buf[off-c.off:])
+				return h.ts, err == nil
+			}
+		}
+	}
+	return 0, false
+}
