@@ -4,7 +4,7 @@
 # (real MTA integration), iproute2 + iptables (network namespaces, dark-site drills).
 # Idempotent; needs root. Never starts the distribution's own services for us.
 set -euo pipefail
-pkgs=(redis-server postfix swaks iproute2 iptables ca-certificates procps)
+pkgs=(redis-server redis-tools postfix swaks iproute2 iptables ca-certificates procps curl)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

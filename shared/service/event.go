@@ -26,7 +26,7 @@ func eventFromState(st *milterrt.State, now time.Time) *trail.Event {
 		NoSender:   st.TxnStart.IsZero(),
 		Rcpts:      make([]trail.Rcpt, 0, len(st.Rcpts)),
 		Stage:      stageName(st),
-		Action:     finalAction(st.Final),
+		Action:     finalAction(st),
 		Reasons:    cloneStrings(st.Reasons),
 		RuleIDs:    cloneStrings(st.RuleIDs),
 		Degraded:   cloneStrings(st.Degraded),
@@ -74,13 +74,14 @@ func stageName(st *milterrt.State) string {
 	return st.FinalStage.String()
 }
 
-// finalAction names the transaction's outcome; a continue that reached the end
-// of the message is an accept.
-func finalAction(d milterrt.Decision) string {
-	if d.Action == milterrt.ActionContinue {
+// finalAction names the transaction's outcome: a continue that reached the end
+// of the message is an accept; one cut short by an abort stays "continue" (this
+// milter never decided).
+func finalAction(st *milterrt.State) string {
+	if st.Final.Action == milterrt.ActionContinue && !st.Aborted {
 		return milterrt.ActionAccept.String()
 	}
-	return d.Action.String()
+	return st.Final.Action.String()
 }
 
 // rcptAction names a recipient's verdict: it was accepted unless rejected.

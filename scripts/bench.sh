@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# make bench: runs the benchmarks that carry targets, prints the figures and a
+# PASS/MISS line per target, and exits non-zero when any target is missed.
+# Run by hand on an otherwise idle machine (figures go into BENCHMARKS.md).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export GEOMILTER_REQUIRE_REDIS=1
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+miss=0
+
+# bench PKG REGEX BENCHTIME: runs go test benchmarks, output into $out/log
+bench() {
+	echo "== go test -run '^\$' -bench '$2' -benchtime $3 $1" | tee -a "$out/log"
+	go test -run '^$' -bench "$2" -benchtime "$3" -count 1 "$1" 2>&1 | tee -a "$out/log"
+}
+
+# check BENCH UNIT OP LIMIT: the value of UNIT on the line of benchmark BENCH
+# (first match) must be OP (< or >=) LIMIT.
+check() {
+	local name=$1 unit=$2 op=$3 limit=$4 v
+	v=$(grep -E "^${name}(-[0-9]+)? " "$out/log" | head -1 | awk -v u="$unit" '{for (i=2;i<=NF;i++) if ($i==u) print $(i-1)}')
+	if [ -z "$v" ]; then
+		printf 'MISS  %-40s %s: no figure (benchmark failed?)\n' "$name" "$unit"; miss=1; return
+	fi
+	if awk -v v="$v" -v l="$limit" -v op="$op" 'BEGIN{exit !((op=="<" && v<l) || (op==">=" && v>=l))}'; then
+		printf 'PASS  %-40s %s %s (target %s %s)\n' "$name" "$v" "$unit" "$op" "$limit"
+	else
+		printf 'MISS  %-40s %s %s (target %s %s)\n' "$name" "$v" "$unit" "$op" "$limit"; miss=1
+	fi
+}
+
+bench ./shared/spool/ 'AppendGroupCommit|AppendDurable8Writers|ReadCommit' 200000x
+bench ./shared/drain/ 'RedisDrain' 3x
+if ls shared/rules/*_test.go >/dev/null 2>&1 && grep -q 'func BenchmarkMatch' shared/rules/*_test.go; then
+	bench ./shared/rules/ 'Match$|Compile100k' 3s
+fi
+bench ./shared/milterrt/ 'Transaction' 3000x
+
+echo "== dark trail sink vs healthy, over the milter protocol (real processes)" | tee -a "$out/log"
+GEOMILTER_BENCH=1 GEOMILTER_BIN="$PWD/bin/geomilter" go test -count=1 -run TestBenchDarkSinkLatency -v ./integration/ 2>&1 | tee -a "$out/log" | grep -vE '^(=== RUN|--- )'
+grep -q -- '--- PASS: TestBenchDarkSinkLatency' "$out/log" || miss=1
+
+echo
+echo "== targets"
+check BenchmarkAppendGroupCommit p99-µs '<' 50
+check BenchmarkRedisDrain events/s '>=' 20000
+grep -q '^BenchmarkAppendDurable8Writers' "$out/log" && check BenchmarkAppendDurable8Writers fsyncs/record '<' 1
+if grep -q '^BenchmarkMatch' "$out/log"; then
+	check BenchmarkMatch ns/op '<' 5000
+	check BenchmarkCompile100k ns/op '<' 1000000000
+fi
+grep -E '^(PASS|MISS): .*dark/healthy|dark/healthy' "$out/log" | sed 's/^/      /'
+exit $miss
