@@ -13,8 +13,12 @@ import (
 
 // maxSteps bounds the work of one Decode. Aliases let a small file describe
 // an exponentially large tree ("billion laughs"); counting every visited node
-// keeps decoding linear in what we are willing to expand.
+// keeps decoding linear in what we are willing to expand. The bound grows with
+// the input (a value takes at least two bytes without aliases), so a large
+// rules file of 100,000 rules decodes while a small alias bomb still stops.
 const maxSteps = 1 << 18
+
+func stepLimit(inputLen int) int { return max(maxSteps, 2*inputLen) }
 
 var (
 	durationType    = reflect.TypeFor[time.Duration]()
@@ -25,6 +29,7 @@ var (
 type decoder struct {
 	doc       *Doc
 	steps     int
+	limit     int
 	exhausted bool
 	// active holds the anchors being expanded, to catch an alias that
 	// refers to the node containing it.
@@ -71,7 +76,7 @@ func (d *decoder) step() bool {
 		return false
 	}
 	d.steps++
-	if d.steps > maxSteps {
+	if d.steps > d.limit {
 		d.exhausted = true
 		return false
 	}

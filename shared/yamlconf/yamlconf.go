@@ -162,10 +162,10 @@ func Decode(file string, data []byte, out any) (*Doc, Problems) {
 	}
 	d.pos[""] = position{root.Line, root.Column}
 	d.hasRoot = true
-	dec := &decoder{doc: d, active: make(map[*yaml.Node]bool)}
+	dec := &decoder{doc: d, limit: stepLimit(len(data)), active: make(map[*yaml.Node]bool)}
 	dec.value(root, rv, "")
 	if dec.exhausted {
-		d.add(root, "", fmt.Sprintf("document too complex: more than %d values after expanding aliases", maxSteps))
+		d.add(root, "", fmt.Sprintf("document too complex: more than %d values after expanding aliases", dec.limit))
 	}
 	return d, d.Problems()
 }

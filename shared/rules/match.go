@@ -1,0 +1,238 @@
+package rules
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// Facts is what a milter knows about a message when it asks which rules
+// apply. Empty fields are unknown (at the connect stage there is no sender
+// yet) and never satisfy a condition on them.
+type Facts struct {
+	ClientIP   netip.Addr
+	ClientName string
+	Helo       string
+	// Sender is the envelope sender, with or without angle brackets; the
+	// null sender must be passed as "<>" ("" means "no MAIL FROM yet").
+	Sender string
+	// Rcpt is one recipient: rules are evaluated per recipient.
+	Rcpt     string
+	SASLUser string
+	// Direction may be left unknown: the Snapshot then treats the message as
+	// outbound when the client is a tenant's relay (TenantForRelay), inbound
+	// otherwise.
+	Direction Direction
+}
+
+// query is Facts normalized once per lookup.
+type query struct {
+	ip         netip.Addr
+	name, helo string
+	sender     string
+	senderDom  string
+	senderNull bool
+	rcpt       string
+	rcptDom    string
+	sasl       string
+	dir        Direction
+	scopeDom   string
+	tenant     *Tenant
+}
+
+// splitAddr normalizes an envelope address: angle brackets, an RFC 5321
+// source route ("@a,@b:user@dom") and a trailing dot on the domain are
+// dropped, and it is lower-cased. null reports "<>".
+func splitAddr(s string) (addr, dom string, null bool) {
+	s = strings.TrimSpace(s)
+	if strings.HasPrefix(s, "<") && strings.HasSuffix(s, ">") {
+		s = s[1 : len(s)-1]
+		if s == "" {
+			return "", "", true
+		}
+	}
+	if strings.HasPrefix(s, "@") {
+		if i := strings.IndexByte(s, ':'); i >= 0 {
+			s = s[i+1:]
+		}
+	}
+	if s == "" {
+		return "", "", false
+	}
+	s = strings.ToLower(s)
+	at := strings.LastIndexByte(s, '@')
+	if at < 0 {
+		return s, "", false
+	}
+	dom = strings.TrimSuffix(s[at+1:], ".")
+	if len(dom) != len(s)-at-1 {
+		s = s[:at+1] + dom
+	}
+	return s, dom, false
+}
+
+func (s *Snapshot) prepare(f *Facts) query {
+	q := query{
+		ip:   f.ClientIP.Unmap().WithZone(""),
+		name: normDomain(f.ClientName),
+		helo: strings.ToLower(strings.TrimSpace(f.Helo)),
+		sasl: strings.ToLower(strings.TrimSpace(f.SASLUser)),
+		dir:  f.Direction,
+	}
+	q.sender, q.senderDom, q.senderNull = splitAddr(f.Sender)
+	q.rcpt, q.rcptDom, _ = splitAddr(f.Rcpt)
+	var relay *Tenant
+	if q.dir == DirectionUnknown || q.dir == Outbound {
+		relay = s.TenantForRelay(q.ip, q.sasl)
+	}
+	if q.dir == DirectionUnknown {
+		q.dir = Inbound
+		if relay != nil {
+			q.dir = Outbound
+		}
+	}
+	if q.dir == Outbound {
+		q.scopeDom = q.senderDom
+		q.tenant = relay
+	} else {
+		q.scopeDom = q.rcptDom
+		q.tenant = s.TenantOf(q.rcptDom)
+	}
+	return q
+}
+
+// Match returns every enabled rule of the milter whose scope applies to the
+// message and whose conditions are all satisfied, in precedence order (see
+// docs/rules.md): domain-scoped before tenant-scoped before global rules;
+// within a scope lower priority first, then restrictive actions (reject,
+// tempfail, discard, quarantine, relay_deny, …) before permissive ones
+// (allow, relay_permit), then by id. Rate rules are included; the caller
+// counts them. Content conditions (subject, header) are not evaluated.
+// The rules are shared and must not be modified.
+func (s *Snapshot) Match(milter string, f Facts) []*Rule {
+	ix := s.milters[milter]
+	if ix == nil {
+		return nil
+	}
+	q := s.prepare(&f)
+	var buf [64]int32
+	cands := ix.candidates(buf[:0], &q)
+	if len(cands) == 0 {
+		return nil
+	}
+	// Rules are stored in precedence order, so sorting the positions sorts
+	// the result; duplicates (a rule filed under two values that both
+	// match) end up adjacent.
+	slices.Sort(cands)
+	var out []*Rule
+	last := int32(-1)
+	for _, i := range cands {
+		if i == last {
+			continue
+		}
+		last = i
+		c := &s.crules[i]
+		if c.matches(&q) {
+			out = append(out, c.rule)
+		}
+	}
+	return out
+}
+
+func (ix *index) lookup(dst []int32, k keyKind, v string) []int32 {
+	m := ix.strs[k]
+	if m == nil || v == "" {
+		return dst
+	}
+	if i, ok := m[v]; ok {
+		dst = ix.post.appendTo(dst, i)
+	}
+	return dst
+}
+
+// lookupParents looks up every parent domain of d (strictly above it).
+func (ix *index) lookupParents(dst []int32, k keyKind, d string) []int32 {
+	m := ix.strs[k]
+	if m == nil {
+		return dst
+	}
+	for p := parent(d); p != ""; p = parent(p) {
+		if i, ok := m[p]; ok {
+			dst = ix.post.appendTo(dst, i)
+		}
+	}
+	return dst
+}
+
+func (ix *index) candidates(dst []int32, q *query) []int32 {
+	dst = append(dst, ix.scan...)
+	if q.ip.IsValid() {
+		dst = ix.ips.appendAll(dst, q.ip)
+	}
+	if q.senderNull {
+		dst = append(dst, ix.nullSender...)
+	}
+	dst = ix.lookup(dst, kSenderAddr, q.sender)
+	dst = ix.lookup(dst, kSenderDom, q.senderDom)
+	dst = ix.lookupParents(dst, kSenderSub, q.senderDom)
+	dst = ix.lookup(dst, kRcptAddr, q.rcpt)
+	dst = ix.lookup(dst, kRcptDom, q.rcptDom)
+	dst = ix.lookupParents(dst, kRcptSub, q.rcptDom)
+	dst = ix.lookup(dst, kSASL, q.sasl)
+	dst = ix.lookup(dst, kHeloExact, q.helo)
+	dst = ix.lookupParents(dst, kHeloSub, q.helo)
+	dst = ix.lookup(dst, kNameExact, q.name)
+	dst = ix.lookupParents(dst, kNameSub, q.name)
+	dst = ix.lookup(dst, kScopeDomain, q.scopeDom)
+	if q.tenant != nil {
+		dst = ix.lookup(dst, kScopeTenant, q.tenant.ID)
+	}
+	return dst
+}
+
+// matches verifies scope and every condition of the rule.
+func (c *crule) matches(q *query) bool {
+	switch c.scopeKind {
+	case ScopeDomain:
+		if q.scopeDom != c.scopeDomain {
+			return false
+		}
+	case ScopeTenant:
+		if q.tenant == nil || q.tenant != c.scopeTenant {
+			return false
+		}
+	}
+	if c.dir != DirectionUnknown && c.dir != q.dir {
+		return false
+	}
+	if len(c.ips) > 0 {
+		if !q.ip.IsValid() {
+			return false
+		}
+		found := false
+		for _, p := range c.ips {
+			if p.Contains(q.ip) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	if c.has == 0 {
+		return true
+	}
+	k := c.c
+	switch {
+	case c.has&cSASL != 0 && (q.sasl == "" || !k.sasl.has(q.sasl)),
+		c.has&cSender != 0 && !k.sender.match(q.sender, q.senderDom, q.senderNull),
+		c.has&cRcpt != 0 && !k.rcpt.match(q.rcpt, q.rcptDom, false),
+		c.has&cSenderDom != 0 && !k.senderDom.match(q.senderDom),
+		c.has&cRcptDom != 0 && !k.rcptDom.match(q.rcptDom),
+		c.has&cHelo != 0 && !k.helo.match(q.helo),
+		c.has&cName != 0 && !k.name.match(q.name):
+		return false
+	}
+	return true
+}
