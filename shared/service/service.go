@@ -26,6 +26,9 @@ import (
 	"github.com/geomilter/geomilter/shared/logging"
 	"github.com/geomilter/geomilter/shared/metrics"
 	"github.com/geomilter/geomilter/shared/milterrt"
+	"github.com/geomilter/geomilter/shared/rules"
+	"github.com/geomilter/geomilter/shared/rulesync"
+	"github.com/geomilter/geomilter/shared/state"
 	"github.com/geomilter/geomilter/shared/trail"
 )
 
@@ -35,6 +38,15 @@ type Env struct {
 	Config   *config.Config
 	Log      zerolog.Logger
 	Registry prometheus.Registerer
+	// Rules serves the current rules snapshot (one atomic load per call).
+	Rules RulesView
+	// Store is the site-partitioned Redis state; nil in standalone mode.
+	Store *state.Store
+}
+
+// RulesView gives the rules snapshot in force.
+type RulesView interface {
+	Current() *rules.Snapshot
 }
 
 // Factory builds a milter.
@@ -123,7 +135,8 @@ func Start(name, cfgPath string, f Factory, stderr io.Writer) (*Process, error) 
 	if err != nil {
 		return nil, err
 	}
-	p.milter, err = f(&Env{Name: name, Config: cfg, Log: log, Registry: reg})
+	// TODO(issue 3): load from rules_file / Redis via rulesync; until then an empty snapshot.
+	p.milter, err = f(&Env{Name: name, Config: cfg, Log: log, Registry: reg, Rules: rulesync.NewHolder(nil)})
 	if err != nil {
 		return nil, fmt.Errorf("%s milter: %w", name, err)
 	}
