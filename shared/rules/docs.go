@@ -84,6 +84,11 @@ func RuleFromDoc(id string, doc json.RawMessage) (Rule, error) {
 	if err := ps.err(""); err != nil {
 		return Rule{}, fmt.Errorf("rule doc %q: %w", id, err)
 	}
+	if r.ID != id {
+		// Validation normalises ids (trims space); a stored id that is not
+		// already canonical would not round-trip, so it is refused.
+		return Rule{}, fmt.Errorf("rule doc %q: id is not canonical (would be %q)", id, r.ID)
+	}
 	return r, nil
 }
 
@@ -106,6 +111,9 @@ func TenantFromDoc(id string, doc json.RawMessage) (Tenant, error) {
 	t, ps := s.toTenant()
 	if err := ps.err(""); err != nil {
 		return Tenant{}, fmt.Errorf("tenant doc %q: %w", id, err)
+	}
+	if t.ID != tid {
+		return Tenant{}, fmt.Errorf("tenant doc %q: id is not canonical (would be %q)", id, t.ID)
 	}
 	return t, nil
 }
