@@ -1,0 +1,73 @@
+package milterrt
+
+import (
+	"encoding/binary"
+	"net"
+	"testing"
+	"time"
+
+	milter "github.com/emersion/go-milter"
+)
+
+// packet frames one milter command: 4-byte length, command byte, payload.
+func packet(code byte, payload []byte) []byte {
+	b := make([]byte, 5, 5+len(payload))
+	binary.BigEndian.PutUint32(b, uint32(1+len(payload)))
+	b[4] = code
+	return append(b, payload...)
+}
+
+// FuzzProtocolBytes: whatever bytes a peer sends after option negotiation, the
+// server neither crashes nor wedges, and the next well-behaved session is
+// served normally. Protocol bytes come from outside (a misbehaving MTA or
+// anything that can reach the socket).
+func FuzzProtocolBytes(f *testing.F) {
+	m := &testMilter{stages: AllStages, actions: MayAddHeader | MayQuarantine}
+	ts := start(f, m, Options{IdleTimeout: 2 * time.Second}, false)
+
+	optneg := make([]byte, 12)
+	binary.BigEndian.PutUint32(optneg[0:], 6)
+	binary.BigEndian.PutUint32(optneg[4:], 0x1ff)
+	binary.BigEndian.PutUint32(optneg[8:], 0x1fffff)
+
+	f.Add(packet('C', []byte("host\x004\x9c\x40192.0.2.1\x00")))
+	f.Add(append(packet('D', []byte("Mi\x00ABC\x00{auth_authen}\x00u\x00")), packet('M', []byte("<a@b>\x00"))...))
+	f.Add(append(packet('R', []byte("<r@x>\x00")), packet('L', []byte("Subject\x00hi\x00"))...))
+	f.Add(append(packet('N', nil), append(packet('B', []byte("body")), packet('E', nil)...)...))
+	f.Add(packet('C', []byte("h\x006")))       // truncated connect
+	f.Add(packet('L', []byte("only-name")))    // header without value
+	f.Add([]byte{0, 0, 0, 0})                  // zero length
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 'C'}) // absurd length
+	f.Add(packet('Z', nil))                    // unknown command
+	f.Add(append(packet('A', nil), packet('Q', nil)...))
+
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := net.DialTimeout(ts.network, ts.addr, 5*time.Second)
+		if err != nil {
+			t.Fatalf("server stopped accepting: %v", err)
+		}
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		_, _ = c.Write(packet('O', optneg))
+		_, _ = c.Write(data)
+		// Read whatever comes back until the server closes or goes quiet.
+		buf := make([]byte, 4096)
+		_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		for {
+			if _, err := c.Read(buf); err != nil {
+				break
+			}
+		}
+		c.Close()
+
+		// A well-behaved session right after is served as usual.
+		cl, err := ts.dial(t)
+		if err != nil {
+			t.Fatalf("session after fuzz input: %v", err)
+		}
+		defer cl.conn.Close()
+		cont(t, "conn")(cl.Conn("client.example", milter.FamilyInet, 40000, "192.0.2.10"))
+		cont(t, "mail")(cl.Mail("a@b.example", nil))
+		cont(t, "rcpt")(cl.Rcpt("c@d.example", nil))
+		cl.end(t, milter.ActAccept, 0, "")
+	})
+}
