@@ -1,0 +1,408 @@
+package access
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/geomilter/geomilter/shared/milterrt"
+	"github.com/geomilter/geomilter/shared/rules"
+)
+
+// session is one milter connection (one Postfix SMTP session).
+type session struct {
+	milterrt.BaseSession
+	m *Milter
+
+	// Connection.
+	ip    netip.Addr
+	name  string // client name, lower case
+	local bool   // local submission: trusted for relaying
+	// connRule and heloRule are an allow or quarantine found final at
+	// CONNECT or HELO: it precedes every rule that could still apply, so
+	// no other rule is looked at for this connection (for heloRule: until
+	// the next HELO). The relay check still runs per recipient.
+	connRule, heloRule *rules.Rule
+
+	// Transaction, set at MAIL.
+	snap        *rules.Snapshot
+	an          *analysis // nil while the snapshot's analysis is being built
+	facts       rules.Facts
+	dir         rules.Direction
+	relayTenant *rules.Tenant
+	relayOK     bool        // the client may relay: a tenant's relay or a local submission
+	txnRule     *rules.Rule // allow or quarantine found final at MAIL
+	rates       map[string]bool
+	noted       []string // rule ids whose reason is already in the trail
+}
+
+func (s *session) Connect(st *milterrt.State) milterrt.Decision {
+	s.ip = addrOf(st.ClientAddr)
+	s.name = normName(st.ClientHost)
+	s.local = isLocal(st)
+	s.connRule, s.heloRule = nil, nil
+	snap := s.m.snapshot()
+	an := s.m.analysisFor(snap)
+	if an == nil || an.afterConnect.blocksGlobal() {
+		return milterrt.Continue()
+	}
+	f := rules.Facts{ClientIP: s.ip, ClientName: s.name}
+	d, r := s.early(st, snap, &an.afterConnect, atConnect, rules.DirectionUnknown, f)
+	s.connRule = r
+	return d
+}
+
+func (s *session) Helo(st *milterrt.State) milterrt.Decision {
+	// A new HELO name is judged afresh; a quarantine stays, as the runtime
+	// keeps applying it to every message of the connection.
+	if s.heloRule != nil && s.heloRule.Action == rules.ActionAllow {
+		s.heloRule = nil
+	}
+	if s.connRule != nil || s.heloRule != nil {
+		return milterrt.Continue()
+	}
+	snap := s.m.snapshot()
+	an := s.m.analysisFor(snap)
+	if an == nil || an.afterHelo.blocksGlobal() {
+		return milterrt.Continue()
+	}
+	f := rules.Facts{ClientIP: s.ip, ClientName: s.name, Helo: st.Helo}
+	d, r := s.early(st, snap, &an.afterHelo, atHelo, rules.DirectionUnknown, f)
+	s.heloRule = r
+	return d
+}
+
+func (s *session) MailFrom(st *milterrt.State) milterrt.Decision {
+	s.snap = s.m.snapshot()
+	s.an = s.m.analysisFor(s.snap)
+	s.txnRule, s.rates, s.noted = nil, nil, s.noted[:0]
+	sasl := st.Macro("auth_authen")
+	sender := st.Sender
+	if sender == "" {
+		sender = "<>" // rules.Facts: "" would mean "no MAIL FROM yet"
+	}
+	s.relayTenant = s.snap.TenantForRelay(s.ip, sasl)
+	s.dir = rules.Inbound
+	if s.relayTenant != nil {
+		s.dir = rules.Outbound
+	}
+	s.relayOK = s.local || s.relayTenant != nil
+	s.facts = rules.Facts{ClientIP: s.ip, ClientName: s.name, Helo: st.Helo, Sender: sender, SASLUser: sasl, Direction: s.dir}
+
+	if r := s.settled(); r != nil {
+		s.note(st, r, "connection "+actionPhrase(r))
+		return milterrt.Continue()
+	}
+	if s.an == nil {
+		return milterrt.Continue()
+	}
+	ix := &s.an.afterMail[dirIndex(s.dir)]
+	if s.dir == rules.Inbound && ix.blocksGlobal() {
+		return milterrt.Continue()
+	}
+	d, r := s.early(st, s.snap, ix, atMail, s.dir, s.facts)
+	s.txnRule = r
+	return d
+}
+
+// settled returns the allow or quarantine rule that decides every
+// recipient of the transaction, if one was found final before RCPT.
+func (s *session) settled() *rules.Rule {
+	switch {
+	case s.connRule != nil:
+		return s.connRule
+	case s.heloRule != nil:
+		return s.heloRule
+	}
+	return s.txnRule
+}
+
+// early evaluates, before RCPT, the rules whose facts are all known at
+// stage at, in precedence order. It stops at the first rule that is not
+// final — one that a rule of higher precedence evaluated later (in ix)
+// may still override — and at relay rules, which are decided per
+// recipient. It returns the decision for the stage, and the rule when
+// that is an allow or a quarantine that settles the rest.
+func (s *session) early(st *milterrt.State, snap *rules.Snapshot, ix *shadowIndex, at stage, dir rules.Direction, f rules.Facts) (milterrt.Decision, *rules.Rule) {
+	first, shadowed := ix.first(s.ip, s.name)
+	for _, r := range snap.Match(Name, f) {
+		if stageFor(r, dir) > at || (shadowed && !precOf(r).before(first)) {
+			break // r and every rule after it may still be overridden
+		}
+		switch r.Action {
+		case rules.ActionRelayPermit, rules.ActionRelayDeny:
+			return milterrt.Continue(), nil // they decide per recipient
+		}
+		if r.IsRate() {
+			exceeded, ok := s.rateExceeded(st, r, s.rateValue(r, ""))
+			if !ok || !exceeded {
+				continue
+			}
+		}
+		switch r.Action {
+		case rules.ActionAllow:
+			if at == atMail { // connection-level allows are noted per transaction, at MAIL
+				s.note(st, r, actionPhrase(r))
+			}
+			return milterrt.Continue(), r
+		case rules.ActionQuarantine:
+			return s.decision(st, r), r
+		}
+		return s.decision(st, r), nil
+	}
+	return milterrt.Continue(), nil
+}
+
+func (s *session) RcptTo(st *milterrt.State, rcpt *milterrt.Recipient) milterrt.Decision {
+	if s.snap == nil {
+		// No MAIL event (the runtime always negotiates it, so only a
+		// misbehaving client gets here): evaluate as if it had come.
+		if d := s.MailFrom(st); d.Action != milterrt.ActionContinue && d.Action != milterrt.ActionQuarantine {
+			return d
+		}
+	}
+	dom := domainOf(rcpt.Addr)
+	// A recipient without a domain (RCPT TO:<postmaster>) is local to the
+	// MTA; any other domain that no tenant owns is a relay destination.
+	relay := dom != "" && s.snap.TenantOf(dom) == nil
+
+	r := s.settled()
+	if r == nil {
+		f := s.facts
+		f.Rcpt = rcpt.Addr
+		r = s.rcptPass(st, f, relay, dom)
+	}
+	if r != nil {
+		switch r.Action {
+		case rules.ActionReject, rules.ActionTempfail, rules.ActionRelayDeny:
+			return s.decision(st, r)
+		}
+	}
+	if relay && !s.relayOK && (r == nil || r.Action != rules.ActionRelayPermit) {
+		s.m.met.relayRefused.Inc()
+		st.AddRuleID(RelayRuleID)
+		return milterrt.Reject("554", "5.7.1", "Relay access denied").WithRule(RelayRuleID).
+			WithReason(fmt.Sprintf("relay to %s refused: the client is not a relay of any tenant and no relay_permit rule applies", dom))
+	}
+	if r == nil {
+		return milterrt.Continue()
+	}
+	switch r.Action {
+	case rules.ActionDiscard:
+		return s.decision(st, r)
+	case rules.ActionQuarantine:
+		if s.settled() != nil {
+			return milterrt.Continue() // already held for the whole message
+		}
+		return s.decision(st, r)
+	}
+	s.note(st, r, actionPhrase(r)) // allow, relay_permit
+	return milterrt.Continue()
+}
+
+// rcptPass evaluates every rule for one recipient, in precedence order,
+// and returns the first decisive one (nil if none): an exceeded rate rule,
+// a relay rule when the recipient is a relay destination, or any other.
+func (s *session) rcptPass(st *milterrt.State, f rules.Facts, relay bool, dom string) *rules.Rule {
+	for _, r := range s.snap.Match(Name, f) {
+		switch r.Action {
+		case rules.ActionRelayPermit, rules.ActionRelayDeny:
+			if !relay {
+				continue // relay rules say nothing about mail for a tenant's own domains
+			}
+		}
+		if r.IsRate() {
+			exceeded, ok := s.rateExceeded(st, r, s.rateValue(r, dom))
+			if !ok || !exceeded {
+				continue
+			}
+		}
+		return r
+	}
+	return nil
+}
+
+// rateValue is what rate rule r counts by for this message ("" if the
+// message has no such value: no client address, no SASL login, no tenant).
+// dom is the recipient's domain at RCPT ("" before).
+func (s *session) rateValue(r *rules.Rule, dom string) string {
+	switch r.Rate.Key {
+	case rules.RateClientIP:
+		if s.ip.IsValid() {
+			return s.ip.String()
+		}
+	case rules.RateSender:
+		if s.facts.Sender == "<>" {
+			return "<>"
+		}
+		return strings.ToLower(strings.Trim(s.facts.Sender, "<>"))
+	case rules.RateSASLUser:
+		return strings.ToLower(strings.TrimSpace(s.facts.SASLUser))
+	case rules.RateTenant:
+		if s.dir == rules.Outbound {
+			return s.relayTenant.ID
+		}
+		if t := s.snap.TenantOf(dom); t != nil {
+			return t.ID
+		}
+	}
+	return ""
+}
+
+// rateExceeded counts the message for rate rule r and value once per
+// transaction (later recipients reuse the result) and reports whether the
+// limit is exceeded: the fixed window's total over all sites is above
+// Limit, so Limit messages pass and the next one trips. ok is false when
+// the message has no value to count by.
+func (s *session) rateExceeded(st *milterrt.State, r *rules.Rule, value string) (exceeded, ok bool) {
+	if value == "" {
+		return false, false
+	}
+	subject := r.ID + ":" + value
+	if v, done := s.rates[subject]; done {
+		return v, true
+	}
+	c, err := s.m.count(st, subject, r.Rate.Per)
+	if err != nil {
+		// Only an invalid window gets here, which rule validation rules out:
+		// let the message through rather than refuse mail on a bug.
+		st.AddReason(fmt.Sprintf("rate rule %s not counted: %v", r.ID, err))
+		return false, false
+	}
+	exceeded = c.Total > int64(r.Rate.Limit)
+	if s.rates == nil {
+		s.rates = make(map[string]bool, 2)
+	}
+	s.rates[subject] = exceeded
+	st.AddRuleID(r.ID)
+	if exceeded {
+		s.m.met.exceeded.Inc()
+		st.AddReason(fmt.Sprintf("rate rule %s: %s %s counted %d in the current %s window, limit %d",
+			r.ID, r.Rate.Key, value, c.Total, r.Rate.Per, r.Rate.Limit))
+	}
+	return exceeded, true
+}
+
+// decision turns a decisive restrictive rule into the runtime's decision,
+// naming the rule for the trail.
+func (s *session) decision(st *milterrt.State, r *rules.Rule) milterrt.Decision {
+	st.AddRuleID(r.ID)
+	reason := "access rule " + r.ID + " (" + r.Scope.String() + "): " + string(r.Action)
+	if r.IsRate() {
+		reason += " (rate limit exceeded)"
+	}
+	var d milterrt.Decision
+	switch r.Action {
+	case rules.ActionReject:
+		d = reply(milterrt.ActionReject, r, "550", "5.7.1", "Access denied")
+	case rules.ActionTempfail:
+		d = reply(milterrt.ActionTempFail, r, "451", "4.7.1", "Try again later")
+	case rules.ActionRelayDeny:
+		d = reply(milterrt.ActionReject, r, "554", "5.7.1", "Relay access denied")
+	case rules.ActionDiscard:
+		d = milterrt.Discard()
+	case rules.ActionQuarantine:
+		d = milterrt.Quarantine("access rule " + r.ID)
+	default:
+		// allow and relay_permit are not refusals; the callers never pass them.
+		d = milterrt.Continue()
+	}
+	return d.WithRule(r.ID).WithReason(reason)
+}
+
+// reply builds a reject or tempfail with the rule's reply, or the defaults
+// (for a rate rule the default text says why).
+func reply(a milterrt.Action, r *rules.Rule, code, enh, text string) milterrt.Decision {
+	if r.IsRate() {
+		text = "Rate limit exceeded"
+	}
+	if r.Reply.Code != 0 {
+		code, enh = strconv.Itoa(r.Reply.Code), r.Reply.Enhanced // an empty enhanced code gets the runtime's default of the class
+	}
+	if r.Reply.Text != "" {
+		text = r.Reply.Text
+	}
+	return milterrt.Decision{Action: a, Code: code, Enhanced: enh, Text: text}
+}
+
+// note records a permissive decision (allow, relay_permit) for the trail,
+// once per rule and transaction.
+func (s *session) note(st *milterrt.State, r *rules.Rule, what string) {
+	for _, id := range s.noted {
+		if id == r.ID {
+			return
+		}
+	}
+	s.noted = append(s.noted, r.ID)
+	st.AddRuleID(r.ID)
+	st.AddReason("access rule " + r.ID + " (" + r.Scope.String() + "): " + what)
+}
+
+func actionPhrase(r *rules.Rule) string {
+	switch r.Action {
+	case rules.ActionAllow:
+		return "allow"
+	case rules.ActionRelayPermit:
+		return "relay_permit"
+	case rules.ActionQuarantine:
+		return "quarantine"
+	}
+	return string(r.Action)
+}
+
+func (s *session) Abort(*milterrt.State) { s.endTxn() }
+
+func (s *session) EndOfMessage(*milterrt.State, milterrt.Modifier) milterrt.Decision {
+	s.endTxn()
+	return milterrt.Continue()
+}
+
+// endTxn drops the transaction's references (the snapshot may be replaced
+// while the connection idles).
+func (s *session) endTxn() {
+	s.snap, s.an, s.txnRule, s.rates, s.relayTenant = nil, nil, nil, nil, nil
+}
+
+// addrOf converts the runtime's client address (nil for local submissions).
+func addrOf(ip net.IP) netip.Addr {
+	a, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return netip.Addr{}
+	}
+	return a.Unmap()
+}
+
+// isLocal reports a local submission: no client address (Postfix's family
+// unix), or the ersatz client Postfix's cleanup server gives non_smtpd_milters
+// for mail from sendmail and pickup — localhost, 127.0.0.1, port 0
+// (cleanup_milter.c, cleanup_milter_client_init). No TCP peer has port 0.
+func isLocal(st *milterrt.State) bool {
+	if st.ClientAddr == nil {
+		return true
+	}
+	return st.ClientPort == 0 && st.ClientAddr.IsLoopback()
+}
+
+func normName(s string) string {
+	return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(s)), ".")
+}
+
+// domainOf returns an envelope address's domain, lower case, without a
+// trailing dot; "" when it has none. Angle brackets and an RFC 5321 source
+// route (@a,@b:user@dom) are dropped as rules.Snapshot does.
+func domainOf(addr string) string {
+	addr = strings.TrimSpace(addr)
+	addr = strings.TrimSuffix(strings.TrimPrefix(addr, "<"), ">")
+	if strings.HasPrefix(addr, "@") {
+		if i := strings.IndexByte(addr, ':'); i >= 0 {
+			addr = addr[i+1:]
+		}
+	}
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 {
+		return ""
+	}
+	return normName(addr[at+1:])
+}
