@@ -26,7 +26,7 @@ unit:
 	GEOMILTER_REQUIRE_REDIS=1 $(GO) test -count=1 -timeout 15m $$($(GO) list ./... | grep -v /integration)
 
 integration: build
-	GEOMILTER_REQUIRE_REDIS=1 GEOMILTER_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 20m ./integration/...
+	GEOMILTER_REQUIRE_REDIS=1 GEOMILTER_REQUIRE_POSTFIX=$${GEOMILTER_REQUIRE_POSTFIX:-1} GEOMILTER_BIN=$(CURDIR)/$(BIN) $(GO) test -p 1 -count=1 -timeout 20m ./integration/...
 
 # Each fuzz target briefly (FUZZTIME per target); the committed corpora also run in `unit`.
 fuzz:

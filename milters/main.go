@@ -3,6 +3,7 @@
 //
 //	geomilter access|policy|archive|encrypt --config FILE   run one milter in the foreground
 //	geomilter check-config --config FILE                     validate a config file
+//	geomilter ctl [--config FILE] rules|status …            ops: rules apply/list/delete/export, status
 //	geomilter bench milter [flags]                           load a milter socket over the milter protocol
 //	geomilter version
 package main
@@ -37,6 +38,8 @@ milters (each runs in the foreground; SIGTERM stops gracefully, SIGHUP reloads):
 
 ops:
   check-config --config FILE   validate a config file (exit 0 ok, 1 problems)
+  ctl [--config FILE] …        rules apply -f FILE [--dry-run] [--prune] | rules list | rules delete ID… |
+                               rules export | status   (geomilter ctl help)
   bench milter [flags]         drive a milter socket with test transactions
   version                      print the version
 `
@@ -57,6 +60,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch cmd {
 	case "check-config":
 		return checkConfig(rest, stdout, stderr)
+	case "ctl":
+		return ctlCommand(rest, stdout, stderr)
 	case "bench":
 		return bench(rest, stdout, stderr)
 	case "version", "--version":

@@ -499,6 +499,11 @@ func TestClientAddressFamilies(t *testing.T) {
 		// What Postfix really sends for AF_UNIX: a 2-byte zero port before the address.
 		{milter.FamilyUnix, 0, "\x00\x00/var/spool/postfix/public/pickup", txnRecord{Family: "unix"}},
 		{milter.FamilyUnknown, 0, "", txnRecord{Family: "unknown"}},
+		// What Postfix 3.7 really sends for a local submission through
+		// non_smtpd_milters: IPv4 127.0.0.1 with port 0.
+		{milter.FamilyInet, 0, "127.0.0.1", txnRecord{Family: "local"}},
+		// A real loopback TCP client has a port: not local.
+		{milter.FamilyInet, 41000, "127.0.0.1", txnRecord{Family: "tcp4", ClientAddr: net.IPv4(127, 0, 0, 1).To4()}},
 	}
 	for _, tc := range cases {
 		c := ts.mustDial(t)

@@ -311,6 +311,14 @@ func (c *session) Connect(host, family string, port uint16, addr net.IP, m *milt
 			addr = v4
 		}
 		c.st.ClientAddr = addr
+		// Postfix's cleanup announces a local submission (sendmail,
+		// pickup) through non_smtpd_milters as 127.0.0.1 port 0, never as
+		// family unix (checked against Postfix 3.7: cleanup_milter.c). No
+		// real TCP peer has port 0, so this is the local-submission mark.
+		if port == 0 && addr.IsLoopback() {
+			c.st.ClientAddr = nil
+			c.st.Family = "local"
+		}
 	}
 	d := c.run(StageConnect, func() Decision { return c.impl.Connect(&c.st) })
 	return c.connLevel(StageConnect, d), nil

@@ -142,7 +142,7 @@ type State struct {
 	ClientHost string // as Postfix sends it: the client name, or "[addr]" when unknown
 	ClientAddr net.IP // nil for local submissions (family "unix") and unknown peers
 	ClientPort uint16
-	Family     string // "tcp4", "tcp6", "unix", "unknown" ("" if Connect is not negotiated)
+	Family     string // "tcp4", "tcp6", "unix", "unknown", or "local" for a Postfix local submission (127.0.0.1 port 0); "" if Connect is not negotiated
 	Helo       string
 	ConnStart  time.Time
 

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
 	"github.com/geomilter/geomilter/shared/buildinfo"
@@ -74,6 +75,9 @@ type Process struct {
 	ln      net.Listener
 	trail   *trailPipe
 	metrics *metrics.Server
+	store   *state.Store     // nil in standalone mode
+	rules   *rulesync.Syncer // the rules snapshot and what keeps it current
+	redis   *redisWatch      // nil in standalone mode
 
 	serveErr chan error
 	stopOnce sync.Once
@@ -135,8 +139,28 @@ func Start(name, cfgPath string, f Factory, stderr io.Writer) (*Process, error) 
 	if err != nil {
 		return nil, err
 	}
-	// TODO(issue 3): load from rules_file / Redis via rulesync; until then an empty snapshot.
-	p.milter, err = f(&Env{Name: name, Config: cfg, Log: log, Registry: reg, Rules: rulesync.NewHolder(nil)})
+	// Rules: from rules_file (standalone) or merged from every site's Redis,
+	// kept current in the background; the store opens without network I/O,
+	// and the first rules load is bounded (then the saved snapshot serves).
+	if cfg.Redis != nil {
+		redis.SetLogger(redisLogger{log}) // process-wide: go-redis has one logger
+		p.store, err = state.Open(StateOptions(cfg, log))
+		if err != nil {
+			return nil, fmt.Errorf("config %s: redis: %w", cfgPath, err)
+		}
+		p.redis, err = startRedisWatch(p.store, reg, name)
+		if err != nil {
+			return nil, err
+		}
+	}
+	p.rules, err = rulesync.Start(context.Background(), rulesync.Options{
+		Store: p.store, RulesFile: cfg.RulesFile, StateDir: cfg.StateDir,
+		Milter: name, Logger: log, Registerer: reg,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rules: %w", err)
+	}
+	p.milter, err = f(&Env{Name: name, Config: cfg, Log: log, Registry: reg, Rules: p.rules, Store: p.store})
 	if err != nil {
 		return nil, fmt.Errorf("%s milter: %w", name, err)
 	}
@@ -145,10 +169,17 @@ func Start(name, cfgPath string, f Factory, stderr io.Writer) (*Process, error) 
 	if err != nil {
 		return nil, fmt.Errorf("config %s: %w", cfgPath, err)
 	}
-	p.metrics, err = metrics.Listen(maddr, reg, []metrics.Check{
+	checks := []metrics.Check{
 		{Name: "milter", Func: p.listening},
 		{Name: "trail", Func: p.trail.healthy, Detail: p.trail.detail},
-	})
+		// Never a failure: with no rules the milters decide by their
+		// defaults (no rule authorises relay), which is safe to serve.
+		{Name: "rules", Detail: p.rules.Detail},
+	}
+	if p.redis != nil {
+		checks = append(checks, metrics.Check{Name: "redis", Detail: p.redis.detail})
+	}
+	p.metrics, err = metrics.Listen(maddr, reg, checks)
 	if err != nil {
 		return nil, err
 	}
@@ -189,8 +220,10 @@ func (p *Process) listening() error {
 	return nil
 }
 
-// Reload re-reads the config; an invalid config is logged and the old one kept.
+// Reload re-reads the config and the rules; an invalid config is logged and
+// the old one kept, an invalid rules file likewise (the rules in force stay).
 func (p *Process) Reload() {
+	defer p.reloadRules()
 	cfg, err := config.Load(p.cfgPath)
 	if err != nil {
 		p.log.Error().Err(err).Msg("reload refused: config invalid, keeping the running one")
@@ -209,6 +242,15 @@ func (p *Process) Reload() {
 	}
 	p.cfg = cfg
 	p.log.Info().Msg("reloaded")
+}
+
+// reloadRules re-reads rules_file (standalone) or schedules a reload from
+// Redis. The syncer logs a refused file itself.
+func (p *Process) reloadRules() {
+	p.rules.SetRulesFile(p.cfg.RulesFile)
+	if err := p.rules.Reload(); err == nil && p.store == nil {
+		p.log.Info().Str("rules_file", p.cfg.RulesFile).Int("rules", p.rules.Current().Len()).Msg("rules reloaded")
+	}
 }
 
 // Stop stops gracefully: no new sessions; sessions inside a transaction finish
@@ -240,6 +282,15 @@ func (p *Process) closeParts() error {
 	}
 	if p.metrics != nil {
 		errs = append(errs, p.metrics.Close())
+	}
+	if p.rules != nil {
+		p.rules.Close()
+	}
+	if p.redis != nil {
+		p.redis.close()
+	}
+	if p.store != nil {
+		errs = append(errs, p.store.Close())
 	}
 	return errors.Join(errs...)
 }
