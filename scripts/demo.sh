@@ -45,7 +45,7 @@ redis_start dal-replica-of-lax "${RR[dal]}" "${RP[lax]}"   # at dal: a copy of l
 for s in dal lax; do
 	peer=$([ $s = dal ] && echo lax || echo dal)
 	mkdir -p "$work/$s"
-	printf 'tenants: []\nrules: []\n' > "$work/$s/rules.yaml"
+	printf 'tenants: []\nrules: []\n' > "$work/$s/rules.yaml"   # standalone fallback only; rules come from Redis
 	cat > "$work/$s/geomilter.yaml" <<YAML
 site: $s
 host: mta1
@@ -72,6 +72,23 @@ YAML
 done
 for s in dal lax; do for _ in $(seq 100); do [ -S "$work/$s/access.sock" ] && break; sleep 0.05; done; done
 
+# The shared rules: one tenant owning load.example (the load tool's recipients),
+# applied once at lax; every site's milter picks them up from Redis.
+cat > "$work/rules.yaml" <<'YAML'
+tenants:
+  - id: demo
+    domains: [load.example]
+rules:
+  - id: block-bad-net
+    milter: access
+    scope: global
+    match: {client_ip: [203.0.113.0/24]}
+    action: reject
+    reply: "550 5.7.1 Access denied by policy"
+YAML
+"$BIN" ctl --config "$work/lax/geomilter.yaml" rules apply -f "$work/rules.yaml" | sed 's/^/  ctl@lax: /'
+sleep 1
+
 load() { # site transactions -> prints the bench line
 	"$BIN" bench milter --socket "unix:$work/$1/access.sock" -n "$2" -c 8 -size 2048 -rcpts 2
 }
@@ -97,6 +114,29 @@ for s in dal lax; do row "  $s load" "$(load $s 3000)"; done
 sleep 1
 row "  dal trail backlog (local spool)" "$(backlog dal) events waiting, mail not delayed"
 row "  lax's copy of dal's data" "still served: $(xlen "${RR[lax]}" dal) events (stale, by design)"
+# A rule applied at lax while dal's primary is dark still reaches dal's milter:
+# dal reads lax's rules from its local replica of lax, which keeps replicating.
+cat > "$work/rules2.yaml" <<'YAML'
+tenants:
+  - id: demo
+    domains: [load.example]
+rules:
+  - id: block-bad-net
+    milter: access
+    scope: global
+    match: {client_ip: [203.0.113.0/24]}
+    action: reject
+    reply: "550 5.7.1 Access denied by policy"
+  - id: block-sender7
+    milter: access
+    scope: global
+    match: {sender: [sender7@load.example]}
+    action: reject
+    reply: "550 5.7.1 Sender blocked"
+YAML
+"$BIN" ctl --config "$work/lax/geomilter.yaml" rules apply -f "$work/rules2.yaml" | sed 's/^/  ctl@lax: /'
+sleep 1
+row "  dal load after the rule change" "$(load dal 100)"
 
 echo
 row "phase 3: dal returns" ""
@@ -104,9 +144,10 @@ kill -CONT "${pids[0]}"
 for _ in $(seq 200); do [ "$(backlog dal)" = 0 ] && break; sleep 0.1; done
 sleep 1
 row "  dal trail backlog" "$(backlog dal) events"
-row "  distinct events in dal's stream" "at dal primary: $(distinct "${RP[dal]}" dal), replicated to lax: $(distinct "${RR[lax]}" dal) (expect 6000; entries $(xlen "${RP[dal]}" dal))"
+row "  distinct events in dal's stream" "at dal primary: $(distinct "${RP[dal]}" dal), replicated to lax: $(distinct "${RR[lax]}" dal) (expect 6100; entries $(xlen "${RP[dal]}" dal))"
 row "  distinct events in lax's stream" "at lax primary: $(distinct "${RP[lax]}" lax), replicated to dal: $(distinct "${RR[dal]}" lax) (expect 6000; entries $(xlen "${RP[lax]}" lax))"
 echo "---------------------------------------------------------------------------------------------"
 ok=1
-for v in "$(distinct "${RP[dal]}" dal)" "$(distinct "${RR[lax]}" dal)" "$(distinct "${RP[lax]}" lax)" "$(distinct "${RR[dal]}" lax)"; do [ "$v" = 6000 ] || ok=0; done
-if [ $ok = 1 ]; then echo "demo: OK — no event lost, both sites converged"; else echo "demo: FAILED — counts differ"; exit 1; fi
+for v in "$(distinct "${RP[dal]}" dal)" "$(distinct "${RR[lax]}" dal)"; do [ "$v" = 6100 ] || ok=0; done
+for v in "$(distinct "${RP[lax]}" lax)" "$(distinct "${RR[dal]}" lax)"; do [ "$v" = 6000 ] || ok=0; done
+if [ $ok = 1 ]; then echo "demo: OK — no event lost, both sites converged, a rule applied at lax during dal's outage was in force at dal"; else echo "demo: FAILED — counts differ"; exit 1; fi
