@@ -55,10 +55,11 @@ type Options struct {
 	// Rules serves the snapshot in force (required).
 	Rules service.RulesView
 	// Counter counts rate-limit hits across sites (the site's state.Store);
-	// nil in standalone mode, where counting is in process memory only.
+	// nil in standalone mode, where counting is in process memory only. The
+	// hits of one stage go to it in one IncrMany call.
 	Counter state.Counter
 	// Timeout bounds one Counter call (redis.timeout); default
-	// state.DefaultTimeout. Past it the hit is counted in memory instead.
+	// state.DefaultTimeout. Past it the hits are counted in memory instead.
 	Timeout time.Duration
 	// Clock drives the in-memory counter's windows (default time.Now).
 	Clock func() time.Time
@@ -175,25 +176,28 @@ func (m *Milter) analysisFor(snap *rules.Snapshot) *analysis {
 	return nil
 }
 
-// count counts one hit for subject: in the site store within the call
-// budget, else (Redis down, slow, or standalone) in process memory.
-func (m *Milter) count(st *milterrt.State, subject string, per time.Duration) (state.Count, error) {
+// countMany counts one hit for each request, all in one call: in the site
+// store within the call budget, else (Redis down, slow, or standalone) in
+// process memory.
+func (m *Milter) countMany(st *milterrt.State, reqs []state.IncrReq) ([]state.Count, error) {
 	if m.counter != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), m.timeout)
-		c, err := m.counter.Incr(ctx, subject, per)
+		cs, err := m.counter.IncrMany(ctx, reqs)
 		cancel()
 		if err == nil {
-			m.met.countedRedis.Inc()
-			if c.Degraded {
-				st.MarkDegraded(DegradedRedisPeer)
+			m.met.countedRedis.Add(float64(len(reqs)))
+			for _, c := range cs {
+				if c.Degraded {
+					st.MarkDegraded(DegradedRedisPeer)
+				}
 			}
-			return c, nil
+			return cs, nil
 		}
 		st.MarkDegraded(DegradedRedis)
-		m.met.fallbacks.Inc()
+		m.met.fallbacks.Add(float64(len(reqs)))
 	}
-	m.met.countedMemory.Inc()
-	return m.mem.Incr(context.Background(), subject, per)
+	m.met.countedMemory.Add(float64(len(reqs)))
+	return m.mem.IncrMany(context.Background(), reqs)
 }
 
 // metrics of the access milter (the runtime counts decisions per stage).

@@ -30,10 +30,13 @@ const (
 // benchSet generates a large rule set: tenants with two domains, a relay
 // network and a relay login each; v4 and v6 network blocks, sender
 // addresses and domains, tenant-scoped recipient rules, domain-scoped
-// allows, SASL rules, and rate limits per tenant, per sender, per login,
-// plus two that every message meets (per client address and per tenant).
-// Deterministic. Limits are high: the benchmark measures the cost of
-// counting, not refusals.
+// allows, SASL rules, and rate limits: one per client address that every
+// message meets, one per tenant on outbound mail, and per-sender limits for
+// one tenant in eight. So a message meets 1–2 rate rules (≈1.4 counts per
+// transaction of the load below), as a realistic rule set does; giving
+// every tenant several rate rules made each message meet ~8. Deterministic.
+// Limits are high: the benchmark measures the cost of counting, not
+// refusals.
 func benchSet(n int) *rules.Set {
 	rng := rand.New(rand.NewPCG(1, 2))
 	set := &rules.Set{Rules: make([]rules.Rule, 0, n)}
@@ -55,7 +58,8 @@ func benchSet(n int) *rules.Set {
 	}
 	const big = 1_000_000_000
 	add(rules.Rule{Rate: &rules.Rate{Key: rules.RateClientIP, Limit: big, Per: time.Minute}, Action: rules.ActionTempfail})
-	add(rules.Rule{Rate: &rules.Rate{Key: rules.RateTenant, Limit: big, Per: time.Hour}, Action: rules.ActionTempfail})
+	add(rules.Rule{Match: rules.Match{Direction: rules.Outbound}, Rate: &rules.Rate{Key: rules.RateTenant, Limit: big, Per: time.Hour}, Action: rules.ActionTempfail})
+	senderRates := 0 // tenants t0, t8, t16, … have a per-sender limit
 	v4 := func() netip.Addr {
 		first := byte(1 + rng.IntN(220))
 		if first == 198 || first == 100 { // keep the load's clients (198.18/15) and relays (100.64/10) out
@@ -99,8 +103,13 @@ func benchSet(n int) *rules.Set {
 		case k < 17: // 10%: tenant-scoped recipient rules
 			s := tenant()
 			add(rules.Rule{Scope: s, Match: rules.Match{Rcpt: []string{fmt.Sprintf("gone%d@cust%s.example", rng.IntN(100), s.Name[1:])}}, Action: rules.ActionReject})
-		case k == 17: // 5%: tenant rate limits per sender
-			add(rules.Rule{Scope: tenant(), Rate: &rules.Rate{Key: rules.RateSender, Limit: big, Per: time.Minute}, Action: rules.ActionTempfail})
+		case k == 17 && senderRates < benchTenants/8: // per-sender rate limits of one tenant in eight
+			s := rules.Scope{Kind: rules.ScopeTenant, Name: fmt.Sprintf("t%d", 8*senderRates)}
+			senderRates++
+			add(rules.Rule{Scope: s, Rate: &rules.Rate{Key: rules.RateSender, Limit: big, Per: time.Minute}, Action: rules.ActionTempfail})
+		case k == 17: // then 5%: more tenant-scoped recipient rules
+			s := tenant()
+			add(rules.Rule{Scope: s, Match: rules.Match{Rcpt: []string{fmt.Sprintf("left%d@cust%s.example", rng.IntN(100), s.Name[1:])}}, Action: rules.ActionReject})
 		case k == 18: // 5%: SASL logins with rate limits
 			add(rules.Rule{Match: rules.Match{SASLUser: []string{fmt.Sprintf("login%d", rng.IntN(50000))}}, Rate: &rules.Rate{Key: rules.RateSASLUser, Limit: 500, Per: time.Hour}, Action: rules.ActionTempfail})
 		default: // 5%: domain-scoped allows for partners

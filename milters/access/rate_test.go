@@ -1,9 +1,15 @@
 package access
 
 import (
+	"context"
 	"fmt"
+	"reflect"
+	"slices"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/geomilter/geomilter/shared/state"
 )
 
 // mid-window start for fixed clocks: windows of 1m and 1h start on the hour.
@@ -129,5 +135,95 @@ rules:
 	}
 	if got := run(t, m, outside, "other@outside.example", "a@acme.example").summary(); got != "mail:tempfail:per-ip rules=per-ip" {
 		t.Fatalf("third counted message: %s", got)
+	}
+}
+
+// recordingCounter counts in memory and records the subjects of every
+// IncrMany call.
+type recordingCounter struct {
+	mu    sync.Mutex
+	calls [][]string
+	mem   *state.MemCounter
+}
+
+func (c *recordingCounter) IncrMany(ctx context.Context, reqs []state.IncrReq) ([]state.Count, error) {
+	var subjects []string
+	for _, r := range reqs {
+		subjects = append(subjects, r.Subject)
+	}
+	c.mu.Lock()
+	c.calls = append(c.calls, subjects)
+	c.mu.Unlock()
+	return c.mem.IncrMany(ctx, reqs)
+}
+
+// TestRateOneCallPerStage: the rate rules a message reaches at one stage
+// are counted in one counter call (one Redis round trip), and every
+// subject once per transaction.
+func TestRateOneCallPerStage(t *testing.T) {
+	tests := []struct {
+		name   string
+		rules  string
+		rcpts  []string
+		want   [][]string // subjects per call
+		result string
+	}{
+		{"global rules, at mail", `
+rules:
+  - {id: per-ip, milter: access, scope: global, rate: {key: client_ip, limit: 100, per: 1m}, action: tempfail}
+  - {id: per-sender, milter: access, scope: global, rate: {key: sender, limit: 100, per: 1h}, action: tempfail}
+  - {id: per-login, milter: access, scope: global, rate: {key: sasl_user, limit: 100, per: 1h}, action: tempfail}
+`, []string{"a@acme.example", "b@beta.example"},
+			[][]string{{"per-ip:203.0.113.9", "per-sender:s@outside.example"}},
+			"accept rules=per-ip,per-sender"},
+		{"tenant rules, per recipient at rcpt", `
+rules:
+  - {id: acme-rate, milter: access, scope: "tenant:acme", rate: {key: sender, limit: 100, per: 1m}, action: tempfail}
+  - {id: per-tenant, milter: access, scope: global, rate: {key: tenant, limit: 100, per: 1h}, action: tempfail}
+  - {id: per-ip, milter: access, scope: global, rate: {key: client_ip, limit: 100, per: 1m}, action: tempfail}
+`, []string{"a@acme.example", "b@acme-mail.example", "c@beta.example"},
+			[][]string{
+				{"acme-rate:s@outside.example", "per-ip:203.0.113.9", "per-tenant:acme"}, // a@acme
+				{"per-tenant:beta"}, // c@beta; b@acme-mail reuses a@acme's counts
+			},
+			"accept rules=acme-rate,per-ip,per-tenant"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rc := &recordingCounter{mem: state.NewMemCounter(nil)}
+			m := newTestMilter(t, compile(t, tc.rules), Options{Counter: rc})
+			o := run(t, m, outside, "s@outside.example", tc.rcpts...)
+			for _, c := range rc.calls {
+				slices.Sort(c)
+			}
+			if !reflect.DeepEqual(rc.calls, tc.want) {
+				t.Errorf("counter calls %q, want %q", rc.calls, tc.want)
+			}
+			if got := o.summary(); got != tc.result {
+				t.Errorf("got %s, want %s", got, tc.result)
+			}
+		})
+	}
+}
+
+// TestRateTripCountsTheOthers: a message that trips one rate rule is still
+// counted by the other rate rules of the same stage (they are counted
+// together), and the trail lists the deciding rule last.
+func TestRateTripCountsTheOthers(t *testing.T) {
+	clk := &fixedClock{t: t0}
+	m := newTestMilter(t, compile(t, `
+rules:
+  - {id: per-sender, milter: access, scope: global, rate: {key: sender, limit: 1, per: 1m}, action: tempfail, priority: -1}
+  - {id: per-ip, milter: access, scope: global, rate: {key: client_ip, limit: 2, per: 1m}, action: reject}
+`), Options{Clock: clk.now})
+	steps := []struct{ sender, want string }{
+		{"s1@outside.example", "accept rules=per-sender,per-ip"},
+		{"s1@outside.example", "mail:tempfail:per-sender rules=per-ip,per-sender"}, // per-ip counted 2
+		{"s2@outside.example", "mail:reject:per-ip rules=per-sender,per-ip"},       // per-ip counted 3
+	}
+	for i, s := range steps {
+		if got := run(t, m, outside, s.sender, "a@acme.example").summary(); got != s.want {
+			t.Fatalf("message %d: %s, want %s", i+1, got, s.want)
+		}
 	}
 }

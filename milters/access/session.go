@@ -9,6 +9,7 @@ import (
 
 	"github.com/geomilter/geomilter/shared/milterrt"
 	"github.com/geomilter/geomilter/shared/rules"
+	"github.com/geomilter/geomilter/shared/state"
 )
 
 // session is one milter connection (one Postfix SMTP session).
@@ -32,10 +33,11 @@ type session struct {
 	facts       rules.Facts
 	dir         rules.Direction
 	relayTenant *rules.Tenant
-	relayOK     bool        // the client may relay: a tenant's relay or a local submission
-	txnRule     *rules.Rule // allow or quarantine found final at MAIL
-	rates       map[string]bool
-	noted       []string // rule ids whose reason is already in the trail
+	relayOK     bool                   // the client may relay: a tenant's relay or a local submission
+	txnRule     *rules.Rule            // allow or quarantine found final at MAIL
+	rates       map[string]*rateResult // subject (rule id:value) -> its count, once per transaction
+	counted     []string               // the subjects of rates, in the order counted
+	noted       []string               // rule ids whose reason is already in the trail
 }
 
 func (s *session) Connect(st *milterrt.State) milterrt.Decision {
@@ -77,7 +79,7 @@ func (s *session) Helo(st *milterrt.State) milterrt.Decision {
 func (s *session) MailFrom(st *milterrt.State) milterrt.Decision {
 	s.snap = s.m.snapshot()
 	s.an = s.m.analysisFor(s.snap)
-	s.txnRule, s.rates, s.noted = nil, nil, s.noted[:0]
+	s.txnRule, s.rates, s.counted, s.noted = nil, nil, s.counted[:0], s.noted[:0]
 	sasl := st.Macro("auth_authen")
 	sender := st.Sender
 	if sender == "" {
@@ -127,8 +129,22 @@ func (s *session) settled() *rules.Rule {
 // that is an allow or a quarantine that settles the rest.
 func (s *session) early(st *milterrt.State, snap *rules.Snapshot, ix *shadowIndex, at stage, dir rules.Direction, f rules.Facts) (milterrt.Decision, *rules.Rule) {
 	first, shadowed := ix.first(s.ip, s.name)
-	for _, r := range snap.Match(Name, f) {
-		if stageFor(r, dir) > at || (shadowed && !precOf(r).before(first)) {
+	matched := snap.Match(Name, f)
+	final := func(r *rules.Rule) bool {
+		return stageFor(r, dir) <= at && (!shadowed || precOf(r).before(first))
+	}
+	// The rate rules the loop below reaches are those before the first rule
+	// it stops at whatever the counts: count them all in one call.
+	var batch []rateReq
+	for _, r := range matched {
+		if !final(r) || isRelayRule(r) || !r.IsRate() {
+			break
+		}
+		batch = append(batch, rateReq{r, s.rateValue(r, "")})
+	}
+	s.countRates(st, batch)
+	for _, r := range matched {
+		if !final(r) {
 			break // r and every rule after it may still be overridden
 		}
 		switch r.Action {
@@ -206,12 +222,23 @@ func (s *session) RcptTo(st *milterrt.State, rcpt *milterrt.Recipient) milterrt.
 // and returns the first decisive one (nil if none): an exceeded rate rule,
 // a relay rule when the recipient is a relay destination, or any other.
 func (s *session) rcptPass(st *milterrt.State, f rules.Facts, relay bool, dom string) *rules.Rule {
-	for _, r := range s.snap.Match(Name, f) {
-		switch r.Action {
-		case rules.ActionRelayPermit, rules.ActionRelayDeny:
-			if !relay {
-				continue // relay rules say nothing about mail for a tenant's own domains
-			}
+	matched := s.snap.Match(Name, f)
+	// Count, in one call, the rate rules before the first rule that decides
+	// whatever the counts (the loop below never goes past it).
+	var batch []rateReq
+	for _, r := range matched {
+		if isRelayRule(r) && !relay {
+			continue
+		}
+		if !r.IsRate() {
+			break
+		}
+		batch = append(batch, rateReq{r, s.rateValue(r, dom)})
+	}
+	s.countRates(st, batch)
+	for _, r := range matched {
+		if isRelayRule(r) && !relay {
+			continue // relay rules say nothing about mail for a tenant's own domains
 		}
 		if r.IsRate() {
 			exceeded, ok := s.rateExceeded(st, r, s.rateValue(r, dom))
@@ -251,38 +278,111 @@ func (s *session) rateValue(r *rules.Rule, dom string) string {
 	return ""
 }
 
-// rateExceeded counts the message for rate rule r and value once per
-// transaction (later recipients reuse the result) and reports whether the
-// limit is exceeded: the fixed window's total over all sites is above
-// Limit, so Limit messages pass and the next one trips. ok is false when
-// the message has no value to count by.
+// isRelayRule reports the actions decided per relay destination.
+func isRelayRule(r *rules.Rule) bool {
+	return r.Action == rules.ActionRelayPermit || r.Action == rules.ActionRelayDeny
+}
+
+// rateReq is a rate rule to count for this message, by value ("" when the
+// message has none: not counted).
+type rateReq struct {
+	r     *rules.Rule
+	value string
+}
+
+// rateResult is the count of one subject for the transaction.
+type rateResult struct {
+	r        *rules.Rule
+	total    int64 // the window's total over all sites, this message included
+	err      error // not counted (an invalid window; validation rules it out)
+	reported bool  // its rule id (and the reason of a trip) is in the trail
+}
+
+func (res *rateResult) exceeded() bool { return res.err == nil && res.total > int64(res.r.Rate.Limit) }
+
+// countRates counts the message once for each rate rule and value in reqs
+// not yet counted in this transaction, all in one call to the counter (one
+// Redis round trip per instance, however many rules).
+func (s *session) countRates(st *milterrt.State, reqs []rateReq) {
+	var incr []state.IncrReq
+	var pending []*rateResult
+	for _, q := range reqs {
+		if q.value == "" {
+			continue
+		}
+		subject := q.r.ID + ":" + q.value
+		if _, done := s.rates[subject]; done {
+			continue
+		}
+		if s.rates == nil {
+			s.rates = make(map[string]*rateResult, 4)
+		}
+		res := &rateResult{r: q.r}
+		s.rates[subject] = res
+		s.counted = append(s.counted, subject)
+		incr = append(incr, state.IncrReq{Subject: subject, Window: q.r.Rate.Per})
+		pending = append(pending, res)
+	}
+	if len(incr) == 0 {
+		return
+	}
+	counts, err := s.m.countMany(st, incr)
+	for i, res := range pending {
+		if err != nil {
+			res.err = err
+			continue
+		}
+		res.total = counts[i].Total
+	}
+}
+
+// rateExceeded reports whether the message exceeds rate rule r for value:
+// the fixed window's total over all sites is above Limit, so Limit
+// messages pass and the next one trips. The message was counted once per
+// transaction by countRates (later recipients reuse the result); a rule
+// reached without that is counted here. ok is false when the message has
+// no value to count by, or was not counted.
 func (s *session) rateExceeded(st *milterrt.State, r *rules.Rule, value string) (exceeded, ok bool) {
 	if value == "" {
 		return false, false
 	}
 	subject := r.ID + ":" + value
-	if v, done := s.rates[subject]; done {
-		return v, true
+	res := s.rates[subject]
+	if res == nil {
+		s.countRates(st, []rateReq{{r, value}})
+		res = s.rates[subject]
 	}
-	c, err := s.m.count(st, subject, r.Rate.Per)
-	if err != nil {
-		// Only an invalid window gets here, which rule validation rules out:
-		// let the message through rather than refuse mail on a bug.
-		st.AddReason(fmt.Sprintf("rate rule %s not counted: %v", r.ID, err))
-		return false, false
+	if !res.reported {
+		res.reported = true
+		switch {
+		case res.err != nil:
+			// Only an invalid window gets here, which rule validation rules out:
+			// let the message through rather than refuse mail on a bug.
+			st.AddReason(fmt.Sprintf("rate rule %s not counted: %v", r.ID, res.err))
+		case res.exceeded():
+			// Rules counted along with this one that the evaluation will not
+			// reach counted the message too; the deciding rule goes last.
+			s.reportCounted(st)
+			st.AddRuleID(r.ID)
+			s.m.met.exceeded.Inc()
+			st.AddReason(fmt.Sprintf("rate rule %s: %s %s counted %d in the current %s window, limit %d",
+				r.ID, r.Rate.Key, value, res.total, r.Rate.Per, r.Rate.Limit))
+		default:
+			st.AddRuleID(r.ID)
+		}
 	}
-	exceeded = c.Total > int64(r.Rate.Limit)
-	if s.rates == nil {
-		s.rates = make(map[string]bool, 2)
+	return res.exceeded(), res.err == nil
+}
+
+// reportCounted puts in the trail the rate rules that counted the message
+// and are not there yet.
+func (s *session) reportCounted(st *milterrt.State) {
+	for _, subject := range s.counted {
+		if res := s.rates[subject]; !res.reported && res.err == nil {
+			res.reported = true
+			st.AddRuleID(res.r.ID)
+		}
 	}
-	s.rates[subject] = exceeded
-	st.AddRuleID(r.ID)
-	if exceeded {
-		s.m.met.exceeded.Inc()
-		st.AddReason(fmt.Sprintf("rate rule %s: %s %s counted %d in the current %s window, limit %d",
-			r.ID, r.Rate.Key, value, c.Total, r.Rate.Per, r.Rate.Limit))
-	}
-	return exceeded, true
 }
 
 // decision turns a decisive restrictive rule into the runtime's decision,
@@ -363,6 +463,7 @@ func (s *session) EndOfMessage(*milterrt.State, milterrt.Modifier) milterrt.Deci
 // while the connection idles).
 func (s *session) endTxn() {
 	s.snap, s.an, s.txnRule, s.rates, s.relayTenant = nil, nil, nil, nil, nil
+	s.counted = s.counted[:0]
 }
 
 // addrOf converts the runtime's client address (nil for local submissions).

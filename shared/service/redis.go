@@ -17,10 +17,6 @@ import (
 // StateOptions maps the config's redis section onto the state layer's
 // options (mail-path budget, dial timeout, breaker). cfg.Redis must be set.
 // The ops tool reuses it with longer budgets.
-//
-// The state layer uses one set of credentials per instance: a sentinel
-// section's own username/password_file, if set, are not used (the
-// instance's are sent to the sentinels too).
 func StateOptions(cfg *config.Config, log zerolog.Logger) state.Options {
 	r := cfg.Redis
 	o := state.Options{
@@ -39,7 +35,9 @@ func StateOptions(cfg *config.Config, log zerolog.Logger) state.Options {
 	return o
 }
 
-// StateInstance maps one instance section.
+// StateInstance maps one instance section. A sentinel section's own
+// username/password_file authenticate to the sentinels (none: no AUTH);
+// the instance's credentials go to the Redis it finds.
 func StateInstance(ic config.InstanceConfig) state.InstanceConfig {
 	si := state.InstanceConfig{Addr: ic.Addr, Username: ic.Username, PasswordFile: ic.PasswordFile}
 	if ic.TLS != nil {
@@ -49,6 +47,8 @@ func StateInstance(ic config.InstanceConfig) state.InstanceConfig {
 		si.Addr = ""
 		si.SentinelMaster = ic.Sentinel.MasterName
 		si.SentinelAddrs = ic.Sentinel.Addrs
+		si.SentinelUsername = ic.Sentinel.Username
+		si.SentinelPasswordFile = ic.Sentinel.PasswordFile
 	}
 	return si
 }

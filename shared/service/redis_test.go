@@ -15,14 +15,19 @@ import (
 
 func TestStateOptions(t *testing.T) {
 	pass := filepath.Join(t.TempDir(), "gm.pass")
-	if err := os.WriteFile(pass, []byte("secret\n"), 0o600); err != nil {
-		t.Fatal(err)
+	sentinelPass := filepath.Join(t.TempDir(), "sentinel.pass")
+	for _, f := range []string{pass, sentinelPass} {
+		if err := os.WriteFile(f, []byte("secret\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	cfg := &config.Config{Site: "lax", Redis: &config.RedisConfig{
 		Local: config.InstanceConfig{Addr: "127.0.0.1:6379", Username: "gm", PasswordFile: pass,
 			TLS: &config.TLSConfig{ServerName: "redis.lax"}},
 		Peers: map[string]config.InstanceConfig{
 			"dal": {Sentinel: &config.SentinelConfig{MasterName: "gm-dal", Addrs: []string{"10.0.0.1:26379"}}},
+			"nyc": {Username: "gm", PasswordFile: pass,
+				Sentinel: &config.SentinelConfig{MasterName: "gm-nyc", Addrs: []string{"10.0.0.2:26379"}, Username: "watcher", PasswordFile: sentinelPass}},
 		},
 		Timeout: 30 * time.Millisecond, DialTimeout: 80 * time.Millisecond,
 		Breaker: config.BreakerConfig{Failures: 4, OpenFor: 3 * time.Second},
@@ -32,7 +37,12 @@ func TestStateOptions(t *testing.T) {
 		Site: "lax",
 		Local: state.InstanceConfig{Addr: "127.0.0.1:6379", Username: "gm", PasswordFile: pass,
 			TLS: &state.TLSConfig{ServerName: "redis.lax"}},
-		Peers:   map[string]state.InstanceConfig{"dal": {SentinelMaster: "gm-dal", SentinelAddrs: []string{"10.0.0.1:26379"}}},
+		Peers: map[string]state.InstanceConfig{
+			"dal": {SentinelMaster: "gm-dal", SentinelAddrs: []string{"10.0.0.1:26379"}},
+			// The sentinels' credentials are theirs, not the instance's.
+			"nyc": {Username: "gm", PasswordFile: pass, SentinelMaster: "gm-nyc", SentinelAddrs: []string{"10.0.0.2:26379"},
+				SentinelUsername: "watcher", SentinelPasswordFile: sentinelPass},
+		},
 		Timeout: 30 * time.Millisecond, DialTimeout: 80 * time.Millisecond, BreakerFailures: 4, BreakerOpenFor: 3 * time.Second,
 		Logger: zerolog.Nop(),
 	}

@@ -197,6 +197,13 @@ func (b *breaker) shutdown() {
 	}
 }
 
+// isClosed reports whether calls would go through, without counting a call.
+func (b *breaker) isClosed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.state == BreakerClosed && !b.closed
+}
+
 type breakerSnapshot struct {
 	state     BreakerState
 	lastErr   error

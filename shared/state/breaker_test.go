@@ -254,6 +254,8 @@ func TestOpenValidates(t *testing.T) {
 		{"peer without addr", Options{Site: "a", Local: InstanceConfig{Addr: "127.0.0.1:1"}, Peers: map[string]InstanceConfig{"b": {}}}},
 		{"sentinel without addrs", Options{Site: "a", Local: InstanceConfig{SentinelMaster: "m"}}},
 		{"missing password file", Options{Site: "a", Local: InstanceConfig{Addr: "127.0.0.1:1", PasswordFile: "/nonexistent/pass"}}},
+		{"sentinel credentials without sentinel", Options{Site: "a", Local: InstanceConfig{Addr: "127.0.0.1:1", SentinelUsername: "u"}}},
+		{"missing sentinel password file", Options{Site: "a", Local: InstanceConfig{SentinelMaster: "m", SentinelAddrs: []string{"127.0.0.1:1"}, SentinelPasswordFile: "/nonexistent/pass"}}},
 		{"missing CA file", Options{Site: "a", Local: InstanceConfig{Addr: "127.0.0.1:1", TLS: &TLSConfig{CAFile: "/nonexistent/ca.pem"}}}},
 		{"cert without key", Options{Site: "a", Local: InstanceConfig{Addr: "127.0.0.1:1", TLS: &TLSConfig{CertFile: "/x.pem"}}}},
 	}

@@ -103,7 +103,7 @@ func TestACLUserFromPasswordFile(t *testing.T) {
 // TestSentinel reaches the primary through a real Sentinel.
 func TestSentinel(t *testing.T) {
 	primary := redistest.Start(t)
-	sentinelAddr := startSentinel(t, primary.Addr)
+	sentinelAddr := startSentinel(t, primary.Addr, "", "")
 	st, err := state.Open(state.Options{Site: "lax", Timeout: time.Second, Logger: zerolog.Nop(),
 		Local: state.InstanceConfig{SentinelMaster: "lax", SentinelAddrs: []string{sentinelAddr}}})
 	if err != nil {
@@ -122,8 +122,9 @@ func TestSentinel(t *testing.T) {
 }
 
 // startSentinel runs redis-server in sentinel mode monitoring primary as
-// "lax", and waits until it knows the primary.
-func startSentinel(t *testing.T, primary string) string {
+// "lax", with extra sentinel.conf lines, and waits until it knows the
+// primary, asking with username and password (empty: no AUTH).
+func startSentinel(t *testing.T, primary, username, password string, conf ...string) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -133,9 +134,13 @@ func startSentinel(t *testing.T, primary string) string {
 	l.Close()
 	host, pport, _ := net.SplitHostPort(primary)
 	dir := t.TempDir()
-	conf := filepath.Join(dir, "sentinel.conf")
-	os.WriteFile(conf, []byte(fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %q\nsentinel monitor lax %s %s 1\n", port, dir, host, pport)), 0o600)
-	cmd := exec.Command(redistest.Binary, conf, "--sentinel")
+	confFile := filepath.Join(dir, "sentinel.conf")
+	text := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %q\nsentinel monitor lax %s %s 1\n", port, dir, host, pport)
+	for _, line := range conf {
+		text += line + "\n"
+	}
+	os.WriteFile(confFile, []byte(text), 0o600)
+	cmd := exec.Command(redistest.Binary, confFile, "--sentinel")
 	cmd.Dir = dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -143,7 +148,7 @@ func startSentinel(t *testing.T, primary string) string {
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	sc := redis.NewSentinelClient(&redis.Options{Addr: addr})
+	sc := redis.NewSentinelClient(&redis.Options{Addr: addr, Username: username, Password: password})
 	defer sc.Close()
 	poll(t, "sentinel knows the primary", func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -152,4 +157,54 @@ func startSentinel(t *testing.T, primary string) string {
 		return err
 	})
 	return addr
+}
+
+// TestSentinelCredentials: the sentinels are asked with their own
+// credentials, or none, never with the instance's: sentinels and data
+// instances keep separate users.
+func TestSentinelCredentials(t *testing.T) {
+	dir := t.TempDir()
+	file := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	instancePass, sentinelPass := file("instance.pass", "inst-s3cret"), file("sentinel.pass", "sent-s3cret")
+	// The primary: geomilter's user, plus the default user for redistest's
+	// readiness PING and for the sentinel's monitoring.
+	primary := redistest.Start(t, redistest.WithConfig(
+		"user default on nopass ~* &* +@all",
+		"user geomilter on >inst-s3cret ~gm:* &gm:* +@all",
+	))
+	tests := []struct {
+		name               string
+		sentinelConf       []string
+		sentinelUser, pass string // what the test's own sentinel client uses
+		cfg                state.InstanceConfig
+	}{
+		{"sentinel without AUTH, instance with a password", nil, "", "",
+			state.InstanceConfig{Username: "geomilter", PasswordFile: instancePass}},
+		{"sentinel with its own user", []string{"user default off", "user watcher on >sent-s3cret ~* &* +@all"}, "watcher", "sent-s3cret",
+			state.InstanceConfig{Username: "geomilter", PasswordFile: instancePass, SentinelUsername: "watcher", SentinelPasswordFile: sentinelPass}},
+		{"sentinel with requirepass only", []string{"requirepass sent-s3cret"}, "", "sent-s3cret",
+			state.InstanceConfig{Username: "geomilter", PasswordFile: instancePass, SentinelPasswordFile: sentinelPass}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := tc.cfg
+			cfg.SentinelMaster = "lax"
+			cfg.SentinelAddrs = []string{startSentinel(t, primary.Addr, tc.sentinelUser, tc.pass, tc.sentinelConf...)}
+			st, err := state.Open(state.Options{Site: "lax", Timeout: time.Second, Logger: zerolog.Nop(), Local: cfg})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			ctx := context.Background()
+			if _, err := st.Incr(ctx, "via-sentinel", time.Minute); err != nil {
+				t.Fatalf("Incr through Sentinel: %v", err)
+			}
+		})
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 )
@@ -142,5 +143,34 @@ func TestBuildTLS(t *testing.T) {
 	}
 	if conf, err := buildTLS(nil, "x:1"); conf != nil || err != nil {
 		t.Fatal("nil TLS config must mean plain TCP")
+	}
+}
+
+func TestMemCounterIncrMany(t *testing.T) {
+	clk := newManualClock(time.UnixMilli(1_700_000_040_000).Truncate(time.Hour).Add(30 * time.Minute))
+	m := NewMemCounter(clk.Now)
+	ctx := context.Background()
+	got, err := m.IncrMany(ctx, []IncrReq{{"x", time.Minute}, {"y", time.Hour}, {"x", time.Minute}, {"x", time.Hour}})
+	want := []Count{
+		{Local: 1, Total: 1, Estimate: 1},
+		{Local: 1, Total: 1, Estimate: 1},
+		{Local: 2, Total: 2, Estimate: 2}, // a repeated request counts twice
+		{Local: 1, Total: 1, Estimate: 1}, // each window length is its own counter
+	}
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("IncrMany = %+v, %v; want %+v", got, err, want)
+	}
+	if c, err := m.Incr(ctx, "x", time.Minute); err != nil || c.Total != 3 {
+		t.Fatalf("Incr after IncrMany = %+v, %v; want the same counter (3)", c, err)
+	}
+	// One invalid window: an error, and nothing counted.
+	if _, err := m.IncrMany(ctx, []IncrReq{{"x", time.Minute}, {"z", 0}}); err == nil {
+		t.Fatal("zero window accepted")
+	}
+	if c, _ := m.Incr(ctx, "x", time.Minute); c.Total != 4 {
+		t.Fatalf("a failed IncrMany counted: x = %d, want 4", c.Total)
+	}
+	if cs, err := m.IncrMany(ctx, nil); cs != nil || err != nil {
+		t.Fatalf("IncrMany(nil) = %v, %v", cs, err)
 	}
 }

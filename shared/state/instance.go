@@ -122,10 +122,14 @@ type InstanceStatus struct {
 	Site      string // whose data it holds
 	Role      string // RolePrimary or RolePeerReplica
 	Addr      string
-	Up        bool   // breaker closed
-	Breaker   string // "closed", "suspect", "open"
-	LastError string
+	Up        bool      // breaker closed: mail-path calls go through
+	Breaker   string    // "closed", "suspect", "open", as it stood when Status returned
+	LastError string    // the breaker's last failure, else StatusError
 	OpenSince time.Time // start of the current outage; zero when up
+	// StatusError is why this Status call got no INFO replication from an
+	// instance whose breaker is closed (empty when it answered or when the
+	// breaker is not closed). It does not count against the breaker.
+	StatusError string
 
 	// Counters since Open. TimedOut counts calls that waited out their
 	// budget; Trips counts breaker cycles. With the breaker working,
@@ -133,7 +137,8 @@ type InstanceStatus struct {
 	// by the calls made while it stays dark (those are FastFails).
 	Calls, Failures, TimedOut, FastFails, Trips, Probes uint64
 
-	// Replication is the instance's INFO replication, when it answered.
+	// Replication is the instance's INFO replication, when it answered
+	// (asked only while the breaker is closed).
 	Replication *ReplicationInfo
 }
 
@@ -149,8 +154,27 @@ type ReplicationInfo struct {
 	ConnectedReplicas       int64 // primary: replicas attached now
 }
 
+// status asks the instance for INFO replication on the bulk client within
+// budget and reports it with the breaker's state as it is after that call.
+//
+// The INFO call bypasses the breaker on purpose: a health poll runs off the
+// mail path every few seconds, with a budget fit for a loaded host, and
+// neither its slowness nor its failure may open the breaker that mail-path
+// calls go through — those find a dark instance by themselves within their
+// own budget. It is made only while the breaker is closed, so a status
+// never waits on an instance the mail path already found dark.
 func (in *instance) status(ctx context.Context, budget time.Duration) InstanceStatus {
-	snap := in.br.snapshot()
+	var info string
+	var infoErr error
+	if in.br.isClosed() {
+		cctx, cancel := context.WithTimeout(ctx, budget)
+		info, infoErr = in.bulk.Info(cctx, "replication").Result()
+		cancel()
+		if infoErr != nil {
+			infoErr = fmt.Errorf("%s: status: %w", in, infoErr)
+		}
+	}
+	snap := in.br.snapshot() // after the call: a failure of a concurrent mail-path call shows
 	st := InstanceStatus{
 		Site: in.site, Role: in.role, Addr: in.addr,
 		Up: snap.state == BreakerClosed, Breaker: snap.state.String(), OpenSince: snap.openSince,
@@ -160,19 +184,15 @@ func (in *instance) status(ctx context.Context, budget time.Duration) InstanceSt
 	if snap.lastErr != nil {
 		st.LastError = snap.lastErr.Error()
 	}
-	var info string
-	err := in.call(ctx, in.fast, budget, func(ctx context.Context, c *redis.Client) error {
-		var err error
-		info, err = c.Info(ctx, "replication").Result()
-		return err
-	})
-	if err != nil {
+	switch {
+	case infoErr != nil:
+		st.StatusError = infoErr.Error()
 		if st.LastError == "" {
-			st.LastError = err.Error()
+			st.LastError = st.StatusError
 		}
-		return st
+	case info != "":
+		st.Replication = parseReplicationInfo(info)
 	}
-	st.Replication = parseReplicationInfo(info)
 	return st
 }
 

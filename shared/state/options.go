@@ -30,10 +30,15 @@ type InstanceConfig struct {
 	PasswordFile string // file holding the password (trailing newline ignored); empty = no AUTH
 	TLS          *TLSConfig
 	// SentinelMaster, with SentinelAddrs, reaches the primary through Sentinel
-	// (and follows its failovers) instead of Addr. The sentinels are asked
-	// with the same Username and password.
+	// (and follows its failovers) instead of Addr.
 	SentinelMaster string
 	SentinelAddrs  []string
+	// SentinelUsername and SentinelPasswordFile authenticate to the
+	// sentinels, which keep their own users apart from the instance's; both
+	// empty: the sentinels are asked without AUTH. The instance's
+	// credentials are never sent to the sentinels.
+	SentinelUsername     string
+	SentinelPasswordFile string
 }
 
 // Options configure a Store. Zero durations and counts take the defaults
@@ -126,6 +131,8 @@ func (c *InstanceConfig) validate() error {
 		return errors.New("sentinel addrs without a master name")
 	case c.SentinelMaster == "" && c.Addr == "":
 		return errors.New("no addr")
+	case c.SentinelMaster == "" && (c.SentinelUsername != "" || c.SentinelPasswordFile != ""):
+		return errors.New("sentinel credentials without a sentinel master name")
 	}
 	return nil
 }
@@ -157,12 +164,15 @@ func newClient(c InstanceConfig, o *Options, cs clientSettings) (*redis.Client, 
 		return nil, err
 	}
 	if c.SentinelMaster != "" {
+		sentinelPassword, err := readPassword(c.SentinelPasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("sentinel %w", err)
+		}
 		return redis.NewFailoverClient(&redis.FailoverOptions{
-			MasterName:    c.SentinelMaster,
-			SentinelAddrs: c.SentinelAddrs,
-			// One set of credentials: the sentinels' ACL mirrors the instances'.
-			SentinelUsername: c.Username,
-			SentinelPassword: password,
+			MasterName:       c.SentinelMaster,
+			SentinelAddrs:    c.SentinelAddrs,
+			SentinelUsername: c.SentinelUsername,
+			SentinelPassword: sentinelPassword,
 			Username:         c.Username,
 			Password:         password,
 			TLSConfig:        tlsConf,

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 	"strconv"
 	"strings"
@@ -181,7 +182,8 @@ func (s *Store) mergeReads(reads []siteRules) (merged map[string]RuleDoc, source
 }
 
 // PutRules stores docs as this site's versions, stamped with one new HLC.
-// Docs equal (as compact JSON) to the live merged version are skipped, so
+// Docs equal by value to the live merged version are skipped (whitespace,
+// object key order and string escapes do not matter, see sameJSON), so
 // applying the same file twice changes nothing; changed lists the ids
 // written, sorted. Peers that do not answer are left out of the comparison
 // (their newer versions, if any, still win later by HLC); the own primary
@@ -213,7 +215,7 @@ func (s *Store) PutRules(ctx context.Context, docs []RuleDoc) (changed []string,
 	}
 	var writes []write
 	for i, d := range docs {
-		if cur, ok := merged[d.ID]; ok && !cur.Deleted && bytes.Equal(cur.Doc, compacted[i]) {
+		if cur, ok := merged[d.ID]; ok && !cur.Deleted && sameJSON(cur.Doc, compacted[i]) {
 			continue
 		}
 		writes = append(writes, write{d.ID, compacted[i]})
@@ -224,7 +226,7 @@ func (s *Store) PutRules(ctx context.Context, docs []RuleDoc) (changed []string,
 	h := s.hlc.Now().String()
 	fields := make(map[string]any, len(writes))
 	for _, w := range writes {
-		v, err := json.Marshal(storedRule{ID: w.id, Doc: w.doc, HLC: h})
+		v, err := marshalStored(storedRule{ID: w.id, Doc: w.doc, HLC: h})
 		if err != nil {
 			return nil, fmt.Errorf("state: put rules: %s: %w", w.id, err)
 		}
@@ -236,6 +238,58 @@ func (s *Store) PutRules(ctx context.Context, docs []RuleDoc) (changed []string,
 	}
 	sort.Strings(changed)
 	return changed, nil
+}
+
+// marshalStored encodes a stored record without HTML escaping, so a doc is
+// stored as compacted by PutRules (json.Marshal would turn <, > and & into
+// \u003c, \u003e, \u0026).
+func marshalStored(r storedRule) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(r); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+}
+
+// sameJSON reports whether two JSON documents hold the same value: equal
+// bytes, or equal canonical forms (canonicalJSON). Versions stored before
+// records were written without HTML escaping compare equal to the same doc
+// written today. A doc that is not valid JSON equals nothing but itself.
+func sameJSON(a, b []byte) bool {
+	if bytes.Equal(a, b) {
+		return true
+	}
+	ca, err := canonicalJSON(a)
+	if err != nil {
+		return false
+	}
+	cb, err := canonicalJSON(b)
+	return err == nil && bytes.Equal(ca, cb)
+}
+
+// canonicalJSON re-encodes one JSON value: object keys sorted, no
+// insignificant whitespace, strings with the encoder's escapes and no HTML
+// escaping, numbers as written (so 1 and 1.0 differ: a rewrite, never a
+// lost change).
+func canonicalJSON(b []byte) ([]byte, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("data after the JSON value")
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }
 
 // DeleteRules writes tombstones for the ids that are live in the merged
@@ -252,7 +306,7 @@ func (s *Store) DeleteRules(ctx context.Context, ids []string) (deleted []string
 		if !ok || cur.Deleted || fields[id] != nil {
 			continue
 		}
-		v, err := json.Marshal(storedRule{ID: id, HLC: h, Deleted: true})
+		v, err := marshalStored(storedRule{ID: id, HLC: h, Deleted: true})
 		if err != nil {
 			return nil, fmt.Errorf("state: delete rules: %s: %w", id, err)
 		}

@@ -100,12 +100,15 @@ func (s *Store) Sites() []string {
 // HLC is the store's clock, which stamps rule writes.
 func (s *Store) HLC() *HLCClock { return s.hlc }
 
-// Status reports every instance: breaker state, counters and, from those
-// that answer within the call budget, INFO replication. It never waits on
-// an instance whose breaker is open.
+// Status reports every instance, in parallel: its breaker state (as it is
+// when Status returns), counters and, from those whose breaker is closed,
+// INFO replication within BulkTimeout. It is meant for health polls off
+// the mail path: its INFO calls bypass the breakers, so a slow or failed
+// status call never opens the breaker mail-path calls go through, and it
+// never waits on an instance whose breaker is not closed.
 func (s *Store) Status(ctx context.Context) []InstanceStatus {
 	out := make([]InstanceStatus, len(s.all))
-	s.fanOut(func(i int, in *instance) { out[i] = in.status(ctx, s.opts.Timeout) })
+	s.fanOut(func(i int, in *instance) { out[i] = in.status(ctx, s.opts.BulkTimeout) })
 	return out
 }
 
