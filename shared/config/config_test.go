@@ -255,29 +255,6 @@ func TestMetricsListen(t *testing.T) {
 	}
 }
 
-func TestReadSecret(t *testing.T) {
-	dir := t.TempDir()
-	for _, tt := range []struct{ content, want, err string }{
-		{"s3cret\n", "s3cret", ""},
-		{"s3cret\r\n", "s3cret", ""},
-		{"with space \n", "with space ", ""},
-		{"two\nlines\n", "two\nlines", ""},
-		{"\n", "", "is empty"},
-	} {
-		p := filepath.Join(dir, "pw")
-		if err := os.WriteFile(p, []byte(tt.content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		got, err := ReadSecret(p)
-		if got != tt.want || (err == nil) != (tt.err == "") || (err != nil && !strings.Contains(err.Error(), tt.err)) {
-			t.Errorf("ReadSecret(%q) = %q, %v", tt.content, got, err)
-		}
-	}
-	if _, err := ReadSecret(filepath.Join(dir, "missing")); err == nil {
-		t.Error("ReadSecret of a missing file succeeded")
-	}
-}
-
 func FuzzLoad(f *testing.F) {
 	seeds, _ := filepath.Glob("testdata/*/*.yaml")
 	for _, s := range seeds {

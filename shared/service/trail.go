@@ -15,6 +15,7 @@ import (
 	"github.com/geomilter/geomilter/shared/config"
 	"github.com/geomilter/geomilter/shared/drain"
 	"github.com/geomilter/geomilter/shared/spool"
+	"github.com/geomilter/geomilter/shared/state"
 	"github.com/geomilter/geomilter/shared/trail"
 )
 
@@ -116,38 +117,10 @@ func TrailStream(site string) string { return "gm:{" + site + "}:trail" }
 
 // backgroundRedis is a client for the drainer, off the mail path: it may wait
 // seconds (bounded per send by the sink timeout), unlike the state layer's
-// mail-path clients.
+// mail-path clients. Connection settings (AUTH, TLS, Sentinel) are the state
+// layer's, so both reach the primary the same way.
 func backgroundRedis(ic config.InstanceConfig) (redis.UniversalClient, error) {
-	opts := &redis.UniversalOptions{
-		Addrs:        []string{ic.Addr},
-		Username:     ic.Username,
-		DialTimeout:  2 * time.Second,
-		ReadTimeout:  5 * time.Second,
-		WriteTimeout: 5 * time.Second,
-		MaxRetries:   -1,
-		PoolSize:     2,
-		// A drainer's context deadline must bound socket reads too.
-		ContextTimeoutEnabled: true,
-	}
-	if ic.Sentinel != nil {
-		opts.Addrs = ic.Sentinel.Addrs
-		opts.MasterName = ic.Sentinel.MasterName
-	}
-	if ic.PasswordFile != "" {
-		pw, err := config.ReadSecret(ic.PasswordFile)
-		if err != nil {
-			return nil, err
-		}
-		opts.Password = pw
-	}
-	if ic.TLS != nil {
-		tc, err := ic.TLS.ClientConfig()
-		if err != nil {
-			return nil, err
-		}
-		opts.TLSConfig = tc
-	}
-	return redis.NewUniversalClient(opts), nil
+	return state.NewBackgroundClient(StateInstance(ic), 5*time.Second)
 }
 
 func (t *trailPipe) healthy() error {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -103,6 +104,13 @@ func TestReadPassword(t *testing.T) {
 	}
 	if got, err := readPassword(""); got != "" || err != nil {
 		t.Errorf("no file: %q, %v", got, err)
+	}
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readPassword(empty); err == nil || !strings.Contains(err.Error(), "is empty") {
+		t.Errorf("empty password file: err %v, want a clear error", err)
 	}
 }
 

@@ -230,7 +230,13 @@ func readPassword(file string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("password file: %w", err)
 	}
-	return strings.TrimRight(string(b), "\r\n"), nil
+	pw := strings.TrimRight(string(b), "\r\n")
+	if pw == "" {
+		// An empty file is a mistake, not "no password": say so rather
+		// than connect without AUTH.
+		return "", fmt.Errorf("password file %s is empty", file)
+	}
+	return pw, nil
 }
 
 func buildTLS(t *TLSConfig, addr string) (*tls.Config, error) {
@@ -265,4 +271,15 @@ func buildTLS(t *TLSConfig, addr string) (*tls.Config, error) {
 		conf.Certificates = []tls.Certificate{cert}
 	}
 	return conf, nil
+}
+
+// NewBackgroundClient builds a client for work off the mail path (the trail
+// drainer's XADDs, ops tools): the same connection settings as the Store's
+// clients (AUTH, TLS, Sentinel), with a longer per-call budget. It does no
+// network I/O; the caller closes it.
+func NewBackgroundClient(c InstanceConfig, timeout time.Duration) (*redis.Client, error) {
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return newClient(c, &Options{DialTimeout: timeout}, clientSettings{timeout: timeout, poolSize: 2})
 }
