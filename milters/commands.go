@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"os/signal"
 	"syscall"
 	"time"
@@ -39,6 +41,9 @@ func checkConfig(args []string, stdout, stderr io.Writer) int {
 }
 
 func bench(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "noop" {
+		return benchNoop(args[1:], stderr) // hidden: the floor for bench-compare (bench_noop.go)
+	}
 	if len(args) == 0 || args[0] != "milter" {
 		fmt.Fprintln(stderr, "usage: geomilter bench milter --socket unix:/path|inet:host:port [flags]")
 		return 2
@@ -52,6 +57,9 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	rcpts := fs.Int("rcpts", 1, "recipients per message")
 	perSession := fs.Int("txn-per-session", 1, "transactions per milter connection")
 	timeout := fs.Duration("timeout", 5*time.Minute, "bound on the whole run")
+	warmup := fs.Int("warmup", 0, "transactions run first and left out of the figures (first-use costs: caches, key loading)")
+	msgFile := fs.String("message", "", "send this message (headers, empty line, body) in every transaction instead of generated ones; -size is then unused")
+	asJSON := fs.Bool("json", false, "print the result as one JSON object")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -60,15 +68,57 @@ func bench(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "bench milter: --socket: %v\n", err)
 		return 2
 	}
+	var msg *milterload.Message
+	if *msgFile != "" {
+		raw, err := os.ReadFile(*msgFile)
+		if err != nil {
+			fmt.Fprintf(stderr, "bench milter: --message: %v\n", err)
+			return 2
+		}
+		if msg, err = milterload.ParseMessage(raw); err != nil {
+			fmt.Fprintf(stderr, "bench milter: --message %s: %v\n", *msgFile, err)
+			return 2
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	res, err := milterload.Run(ctx, milterload.Options{
+	opts := milterload.Options{
 		Network: network, Address: addr, Transactions: *n, Concurrency: *c,
-		MessageBytes: *size, Rcpts: *rcpts, TxnPerSession: *perSession, Timeout: *timeout,
-	})
+		MessageBytes: *size, Rcpts: *rcpts, TxnPerSession: *perSession, Timeout: *timeout, Message: msg,
+	}
+	if *warmup > 0 {
+		wo := opts
+		wo.Transactions = *warmup
+		res, err := milterload.Run(ctx, wo)
+		if err == nil && res.Errors > 0 {
+			err = fmt.Errorf("%d of %d transactions failed", res.Errors, *warmup)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "bench milter: warmup: %v\n", err)
+			return 1
+		}
+	}
+	res, err := milterload.Run(ctx, opts)
 	if err != nil {
 		fmt.Fprintf(stderr, "bench milter: %v\n", err)
 		return 1
+	}
+	if *asJSON {
+		us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+		out, _ := json.Marshal(struct {
+			Transactions int            `json:"transactions"`
+			Errors       int            `json:"errors"`
+			Warmup       int            `json:"warmup"`
+			ElapsedSec   float64        `json:"elapsed_s"`
+			PerSecond    float64        `json:"per_second"`
+			P50us        float64        `json:"p50_us"`
+			P99us        float64        `json:"p99_us"`
+			MaxUs        float64        `json:"max_us"`
+			Actions      map[string]int `json:"actions"`
+		}{res.Transactions, res.Errors, max(*warmup, 0), res.Elapsed.Seconds(), res.PerSecond,
+			us(res.P50), us(res.P99), us(res.Max), res.Actions})
+		fmt.Fprintln(stdout, string(out))
+		return 0
 	}
 	fmt.Fprintln(stdout, res.String())
 	return 0

@@ -3,8 +3,12 @@
 # redis-server (real Redis for the state layer and trail sink tests), postfix + swaks
 # (real MTA integration), iproute2 + iptables (network namespaces, dark-site drills).
 # Idempotent; needs root. Never starts the distribution's own services for us.
+#   --bench  also the peers scripts/bench-compare.sh measures against (opendkim,
+#            opendmarc, rspamd), dnsmasq-base (their DNS, on loopback) and strace;
+#            not needed by the tests or CI.
 set -euo pipefail
 pkgs=(redis-server redis-tools postfix swaks iproute2 iptables ca-certificates procps curl)
+[ "${1:-}" = --bench ] && pkgs+=(opendkim opendkim-tools opendmarc rspamd dnsmasq-base strace util-linux)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -40,6 +40,19 @@ type Options struct {
 	Rcpt     func(i, j int) string              // recipient j of transaction i (default "rcpt<i>-<j>@load.example")
 	ClientIP func(i int) net.IP                 // client of the connection whose first transaction is i (default 198.18.0.0/15, the benchmarking range)
 	Header   func(i int) []milterrt.HeaderField // extra headers, after the standard ones (optional)
+
+	// Message, when set, is sent by every transaction instead of the
+	// generated headers and body (MessageBytes and Header are then unused):
+	// a fixed message, such as one carrying a DKIM signature that peers must
+	// verify. Build it with ParseMessage.
+	Message *Message
+}
+
+// Message is a fixed message: headers in order, then the body with CRLF line
+// ends, as Postfix sends them to a milter.
+type Message struct {
+	Headers []milterrt.HeaderField
+	Body    []byte
 }
 
 // Result of a run. Transactions counts those that got an answer (whatever it
@@ -145,7 +158,12 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
 
-	r := &runner{o: o, ctx: ctx, body: makeBody(o.MessageBytes), conns: map[net.Conn]struct{}{}}
+	r := &runner{o: o, ctx: ctx, conns: map[net.Conn]struct{}{}}
+	if o.Message != nil {
+		r.body = o.Message.Body
+	} else {
+		r.body = makeBody(o.MessageBytes)
+	}
 	r.deadline, _ = ctx.Deadline()
 	r.dialer = &trackingDialer{r: r}
 	r.client = milter.NewClientWithOptions(o.Network, o.Address, milter.ClientOptions{
@@ -355,6 +373,9 @@ func (r *runner) txn(s *milter.ClientSession, i int) (*milter.Action, error) {
 }
 
 func (r *runner) headers(i int) []milterrt.HeaderField {
+	if r.o.Message != nil {
+		return r.o.Message.Headers
+	}
 	hs := []milterrt.HeaderField{
 		{Name: "Message-ID", Value: "<" + strconv.Itoa(i) + "." + strconv.FormatInt(time.Now().UnixNano(), 36) + "@load.example>"},
 		{Name: "Date", Value: time.Now().Format(time.RFC1123Z)},
@@ -366,6 +387,45 @@ func (r *runner) headers(i int) []milterrt.HeaderField {
 		hs = append(hs, r.o.Header(i)...)
 	}
 	return hs
+}
+
+// ParseMessage reads a message as stored in a file (RFC 5322: header lines,
+// an empty line, the body; LF or CRLF line ends) into what Postfix would send
+// to a milter: each header's name and its value without the whitespace after
+// the colon, folded lines joined by "\n" (Postfix's own line end), and the
+// body with CRLF line ends. A file without an empty line is all headers.
+func ParseMessage(raw []byte) (*Message, error) {
+	text := strings.ReplaceAll(string(raw), "\r\n", "\n")
+	head, body, _ := strings.Cut(text, "\n\n")
+	if strings.HasPrefix(text, "\n") {
+		head, body = "", text[1:]
+	}
+	m := &Message{}
+	for n, line := range strings.Split(head, "\n") {
+		if line == "" {
+			continue // only the last line of a header block without a body
+		}
+		if line[0] == ' ' || line[0] == '\t' {
+			if len(m.Headers) == 0 {
+				return nil, fmt.Errorf("message line %d: continuation line before any header", n+1)
+			}
+			m.Headers[len(m.Headers)-1].Value += "\n" + line
+			continue
+		}
+		name, value, ok := strings.Cut(line, ":")
+		if !ok || name == "" || strings.ContainsAny(name, " \t") {
+			return nil, fmt.Errorf("message line %d: not a header field (want Name: value): %.40q", n+1, line)
+		}
+		m.Headers = append(m.Headers, milterrt.HeaderField{Name: name, Value: strings.TrimLeft(value, " \t")})
+	}
+	if len(m.Headers) == 0 {
+		return nil, errors.New("message: no header fields")
+	}
+	if body != "" && !strings.HasSuffix(body, "\n") {
+		body += "\n"
+	}
+	m.Body = []byte(strings.ReplaceAll(body, "\n", "\r\n"))
+	return m, nil
 }
 
 // makeBody returns n bytes of CRLF-terminated text lines.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -226,4 +227,112 @@ func BenchmarkRun(b *testing.B) {
 	}
 	b.ReportMetric(res.PerSecond, "txn/s")
 	b.ReportMetric(float64(res.P99.Microseconds()), "p99-µs")
+}
+
+func TestParseMessage(t *testing.T) {
+	for _, tc := range []struct {
+		name, raw   string
+		wantHeaders []milterrt.HeaderField
+		wantBody    string
+		wantErr     string
+	}{
+		{name: "lf", raw: "From: <a@x>\nSubject:  hi\n\nline 1\nline 2\n",
+			wantHeaders: []milterrt.HeaderField{{Name: "From", Value: "<a@x>"}, {Name: "Subject", Value: "hi"}},
+			wantBody:    "line 1\r\nline 2\r\n"},
+		{name: "crlf and folded", raw: "DKIM-Signature: v=1; a=rsa-sha256;\r\n\tb=abc\r\n def\r\nTo: b@y\r\n\r\nbody\r\n",
+			wantHeaders: []milterrt.HeaderField{{Name: "DKIM-Signature", Value: "v=1; a=rsa-sha256;\n\tb=abc\n def"}, {Name: "To", Value: "b@y"}},
+			wantBody:    "body\r\n"},
+		{name: "last body line without newline", raw: "A: 1\n\nx", wantHeaders: []milterrt.HeaderField{{Name: "A", Value: "1"}}, wantBody: "x\r\n"},
+		{name: "headers only", raw: "A: 1\nB:2\n", wantHeaders: []milterrt.HeaderField{{Name: "A", Value: "1"}, {Name: "B", Value: "2"}}},
+		{name: "empty value", raw: "X-Empty:\n\n.\n", wantHeaders: []milterrt.HeaderField{{Name: "X-Empty", Value: ""}}, wantBody: ".\r\n"},
+		{name: "not a header", raw: "From a@x\n\nbody\n", wantErr: "line 1: not a header"},
+		{name: "space in name", raw: "A: 1\nBad Name: 2\n\n", wantErr: "line 2: not a header"},
+		{name: "continuation first", raw: " folded\nA: 1\n\n", wantErr: "line 1: continuation"},
+		{name: "no headers", raw: "\nbody only\n", wantErr: "no header fields"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := ParseMessage([]byte(tc.raw))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(m.Headers) != len(tc.wantHeaders) {
+				t.Fatalf("headers %q, want %q", m.Headers, tc.wantHeaders)
+			}
+			for i := range m.Headers {
+				if m.Headers[i] != tc.wantHeaders[i] {
+					t.Errorf("header %d = %q, want %q", i, m.Headers[i], tc.wantHeaders[i])
+				}
+			}
+			if string(m.Body) != tc.wantBody {
+				t.Errorf("body %q, want %q", m.Body, tc.wantBody)
+			}
+		})
+	}
+}
+
+// recordMilter keeps the headers and body of the last message it saw.
+type recordMilter struct {
+	mu      *sync.Mutex
+	headers *[]milterrt.HeaderField
+	body    *[]byte
+}
+
+func (recordMilter) Name() string              { return "record" }
+func (recordMilter) Stages() milterrt.Stages   { return milterrt.AllStages }
+func (recordMilter) Actions() milterrt.Actions { return 0 }
+func (m recordMilter) NewSession(*milterrt.State) milterrt.Session {
+	return &recordSession{m: m}
+}
+
+type recordSession struct {
+	milterrt.BaseSession
+	m    recordMilter
+	body []byte
+}
+
+func (s *recordSession) BodyChunk(_ *milterrt.State, b []byte) milterrt.Decision {
+	s.body = append(s.body, b...)
+	return milterrt.Continue()
+}
+
+func (s *recordSession) EndOfMessage(st *milterrt.State, _ milterrt.Modifier) milterrt.Decision {
+	s.m.mu.Lock()
+	defer s.m.mu.Unlock()
+	*s.m.headers = append([]milterrt.HeaderField(nil), st.Headers...)
+	*s.m.body = s.body
+	s.body = nil
+	return milterrt.Continue()
+}
+
+func TestRunSendsFixedMessage(t *testing.T) {
+	var (
+		mu      sync.Mutex
+		headers []milterrt.HeaderField
+		body    []byte
+	)
+	network, addr := serve(t, recordMilter{mu: &mu, headers: &headers, body: &body}, milterrt.Options{})
+	msg, err := ParseMessage([]byte("DKIM-Signature: v=1; d=x;\n\tb=abc\nFrom: <a@x>\nSubject: fixed\n\nhello\n.dot line\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Run(context.Background(), Options{Network: network, Address: addr, Transactions: 6, Concurrency: 2,
+		TxnPerSession: 2, MessageBytes: 5000, Message: msg})
+	if err != nil || res.Transactions != 6 || res.Actions["accept"] != 6 {
+		t.Fatalf("%v %+v", err, res)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(headers) != 3 || headers[0] != (milterrt.HeaderField{Name: "DKIM-Signature", Value: "v=1; d=x;\n\tb=abc"}) ||
+		headers[2] != (milterrt.HeaderField{Name: "Subject", Value: "fixed"}) {
+		t.Errorf("milter saw headers %q", headers)
+	}
+	if string(body) != "hello\r\n.dot line\r\n" {
+		t.Errorf("milter saw body %q (MessageBytes must not apply to a fixed message)", body)
+	}
 }
