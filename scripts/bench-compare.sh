@@ -23,7 +23,6 @@
 # (environment of the geomilter processes and the floor, e.g. GOMAXPROCS=1).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 
 PROTO_N=${PROTO_N:-3000}
 PROTO_C=${PROTO_C:-8}
@@ -92,7 +91,8 @@ if [ -n "${GEOMILTER_BIN:-}" ]; then
 	BIN=$GEOMILTER_BIN
 else
 	say "building geomilter"
-	go build -o "$work/geomilter" ./milters || die "go build failed"
+	go build -ldflags "-X github.com/geomilter/geomilter/shared/buildinfo.Version=$(git describe --always --dirty 2>/dev/null || echo dev)" \
+		-o "$work/geomilter" ./milters || die "go build failed"
 	BIN=$work/geomilter
 fi
 TCK=$(getconf CLK_TCK)

@@ -8,7 +8,7 @@
 #            not needed by the tests or CI.
 set -euo pipefail
 pkgs=(redis-server redis-tools postfix swaks iproute2 iptables ca-certificates procps curl)
-[ "${1:-}" = --bench ] && pkgs+=(opendkim opendkim-tools opendmarc rspamd dnsmasq-base strace util-linux)
+[ "${1:-}" = --bench ] && pkgs+=(opendkim opendkim-tools opendmarc rspamd dnsmasq-base strace)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,8 +24,11 @@ if ((${#missing[@]})); then
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
 	# policy-rc.d 101 keeps the packages' own services from starting: tests start their own.
-	printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
-	trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+	# Leave an existing policy-rc.d alone; remove only the one we put there.
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+		printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
+		trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+	fi
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 command -v redis-server >/dev/null || { echo "install-deps: redis-server missing after install" >&2; exit 1; }
