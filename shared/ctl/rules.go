@@ -293,6 +293,28 @@ func (t *tool) loadView(ctx context.Context) (map[string]state.RuleDoc, bool) {
 	return merged, true
 }
 
+// viewCommand is the common start of the read-only rules commands, which take
+// no arguments: parse flags, load the config, read the merged view. When ok is
+// false the command stops with the returned exit code.
+func (t *tool) viewCommand(ctx context.Context, name, usage string, args []string) (view map[string]state.RuleDoc, code int, ok bool) {
+	fs := t.flagSet(name)
+	rest, err := parseArgs(fs, args)
+	if err != nil {
+		return nil, ExitUsage, false
+	}
+	if len(rest) > 0 {
+		fmt.Fprintln(t.errw, "usage: "+usage)
+		return nil, ExitUsage, false
+	}
+	if !t.loadConfig() {
+		return nil, ExitProblems, false
+	}
+	if view, ok = t.loadView(ctx); !ok {
+		return nil, ExitProblems, false
+	}
+	return view, ExitOK, true
+}
+
 func sortedIDs(m map[string]state.RuleDoc) []string {
 	ids := make([]string, 0, len(m))
 	for id := range m {
@@ -303,21 +325,9 @@ func sortedIDs(m map[string]state.RuleDoc) []string {
 }
 
 func (t *tool) rulesList(ctx context.Context, args []string) int {
-	fs := t.flagSet("rules list")
-	rest, err := parseArgs(fs, args)
-	if err != nil {
-		return ExitUsage
-	}
-	if len(rest) > 0 {
-		fmt.Fprintln(t.errw, "usage: geomilter ctl rules list")
-		return ExitUsage
-	}
-	if !t.loadConfig() {
-		return ExitProblems
-	}
-	view, ok := t.loadView(ctx)
+	view, code, ok := t.viewCommand(ctx, "rules list", "geomilter ctl rules list", args)
 	if !ok {
-		return ExitProblems
+		return code
 	}
 	tw := tabwriter.NewWriter(t.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tMILTER\tSCOPE\tACTION\tSITE\tWRITTEN")
@@ -415,21 +425,9 @@ func (t *tool) rulesDelete(ctx context.Context, args []string) int {
 }
 
 func (t *tool) rulesExport(ctx context.Context, args []string) int {
-	fs := t.flagSet("rules export")
-	rest, err := parseArgs(fs, args)
-	if err != nil {
-		return ExitUsage
-	}
-	if len(rest) > 0 {
-		fmt.Fprintln(t.errw, "usage: geomilter ctl rules export > rules.yaml")
-		return ExitUsage
-	}
-	if !t.loadConfig() {
-		return ExitProblems
-	}
-	view, ok := t.loadView(ctx)
+	view, code, ok := t.viewCommand(ctx, "rules export", "geomilter ctl rules export > rules.yaml", args)
 	if !ok {
-		return ExitProblems
+		return code
 	}
 	docs := make([]rules.Doc, 0, len(view))
 	for _, id := range sortedIDs(view) {
