@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,12 @@ import (
 
 // startNoop serves the no-op floor on a unix socket until the test ends.
 func startNoop(t *testing.T, stages milterrt.Stages) string {
+	return startFloor(t, serveNoop, stages)
+}
+
+type floorFunc func(context.Context, string, milterrt.Stages, string, io.Writer) error
+
+func startFloor(t *testing.T, serve floorFunc, stages milterrt.Stages) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "gmnoop") // short: unix socket paths are limited to 108 bytes
 	if err != nil {
@@ -24,7 +31,7 @@ func startNoop(t *testing.T, stages milterrt.Stages) string {
 	sock := filepath.Join(dir, "noop.sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- serveNoop(ctx, "unix:"+sock, stages, "", &bytes.Buffer{}) }()
+	go func() { done <- serve(ctx, "unix:"+sock, stages, "", &bytes.Buffer{}) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -53,14 +60,20 @@ func TestBenchMilterAgainstNoop(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name   string
+		serve  floorFunc
 		stages milterrt.Stages
 		args   []string
 	}{
-		{"all stages, generated message", milterrt.AllStages, nil},
-		{"envelope only, fixed message", milterrt.StageConnect | milterrt.StageHelo | milterrt.StageMail | milterrt.StageRcpt, []string{"--message", msg}},
+		{"all stages, generated message", serveNoop, milterrt.AllStages, nil},
+		{"envelope only, fixed message", serveNoop, milterrt.StageConnect | milterrt.StageHelo | milterrt.StageMail | milterrt.StageRcpt, []string{"--message", msg}},
+		{"protocol 2 offer", serveNoop, milterrt.AllStages, []string{"--v2"}},
+		// go-milter's server answers version 2: the load falls back to a
+		// version 2 offer, as Postfix does.
+		{"go-milter server, all stages", serveGoMilterNoop, milterrt.AllStages, []string{"--message", msg}},
+		{"go-milter server, envelope only", serveGoMilterNoop, milterrt.StageConnect | milterrt.StageMail, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			sock := startNoop(t, tc.stages)
+			sock := startFloor(t, tc.serve, tc.stages)
 			var out, errb bytes.Buffer
 			args := append([]string{"milter", "--socket", "unix:" + sock, "-n", "40", "-c", "4", "--warmup", "7", "--json"}, tc.args...)
 			if code := bench(args, &out, &errb); code != 0 {
@@ -97,6 +110,7 @@ func TestBenchCommandErrors(t *testing.T) {
 		want string
 	}{
 		{"noop without listen", []string{"noop"}, "--listen is required"},
+		{"noop bad impl", []string{"noop", "--listen", "unix:/nonexistent/x.sock", "--impl", "c"}, `--impl "c"`},
 		{"noop bad stages", []string{"noop", "--listen", "unix:/nonexistent/x.sock", "--stages", "some"}, `--stages "some"`},
 		{"message not a message", []string{"milter", "--socket", "unix:/nonexistent/x.sock", "--message", bad}, "not a header field"},
 		{"message missing", []string{"milter", "--socket", "unix:/nonexistent/x.sock", "--message", bad + ".none"}, "no such file"},

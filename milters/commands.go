@@ -60,6 +60,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	warmup := fs.Int("warmup", 0, "transactions run first and left out of the figures (first-use costs: caches, key loading)")
 	msgFile := fs.String("message", "", "send this message (headers, empty line, body) in every transaction instead of generated ones; -size is then unused")
 	asJSON := fs.Bool("json", false, "print the result as one JSON object")
+	v2 := fs.Bool("v2", false, "offer only milter protocol 2 (no \"no reply\" flags): for go-milter servers, or to measure what those flags save")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -84,7 +85,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	opts := milterload.Options{
 		Network: network, Address: addr, Transactions: *n, Concurrency: *c,
-		MessageBytes: *size, Rcpts: *rcpts, TxnPerSession: *perSession, Timeout: *timeout, Message: msg,
+		MessageBytes: *size, Rcpts: *rcpts, TxnPerSession: *perSession, Timeout: *timeout, Message: msg, V2: *v2,
 	}
 	if *warmup > 0 {
 		wo := opts
@@ -118,8 +119,12 @@ func bench(args []string, stdout, stderr io.Writer) int {
 		}{res.Transactions, res.Errors, max(*warmup, 0), res.Elapsed.Seconds(), res.PerSecond,
 			us(res.P50), us(res.P99), us(res.Max), res.Actions})
 		fmt.Fprintln(stdout, string(out))
-		return 0
+	} else {
+		fmt.Fprintln(stdout, res.String())
 	}
-	fmt.Fprintln(stdout, res.String())
+	if res.Errors > 0 {
+		fmt.Fprintf(stderr, "bench milter: %d of %d transactions failed at the protocol level\n", res.Errors, res.Transactions+res.Errors)
+		return 1
+	}
 	return 0
 }

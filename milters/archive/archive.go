@@ -28,5 +28,10 @@ func (*Milter) Stages() milterrt.Stages { return milterrt.AllStages }
 // Actions implements milterrt.Milter.
 func (*Milter) Actions() milterrt.Actions { return 0 }
 
+// DecidesAt implements milterrt.Decider: the journal needs the whole envelope
+// and message, and its only decision (tempfail when the journal cannot be
+// written) comes at end of message, so Postfix never waits at the envelope.
+func (*Milter) DecidesAt() milterrt.Stages { return milterrt.StageEOM }
+
 // NewSession implements milterrt.Milter.
 func (*Milter) NewSession(*milterrt.State) milterrt.Session { return milterrt.BaseSession{} }

@@ -28,5 +28,10 @@ func (*Milter) Stages() milterrt.Stages { return milterrt.AllStages }
 // Actions implements milterrt.Milter.
 func (*Milter) Actions() milterrt.Actions { return milterrt.MayAddHeader }
 
+// DecidesAt implements milterrt.Decider: the encryption route is chosen from
+// the whole message, at end of message, so Postfix never waits at the
+// envelope.
+func (*Milter) DecidesAt() milterrt.Stages { return milterrt.StageEOM }
+
 // NewSession implements milterrt.Milter.
 func (*Milter) NewSession(*milterrt.State) milterrt.Session { return milterrt.BaseSession{} }

@@ -30,5 +30,11 @@ func (*Milter) Actions() milterrt.Actions {
 	return milterrt.MayAddHeader | milterrt.MayChangeHeader | milterrt.MayQuarantine
 }
 
+// DecidesAt implements milterrt.Decider: DNSBL checks answer at connect, SPF
+// at MAIL and greylisting per recipient; HELO is only observed.
+func (*Milter) DecidesAt() milterrt.Stages {
+	return milterrt.StageConnect | milterrt.StageMail | milterrt.StageRcpt
+}
+
 // NewSession implements milterrt.Milter.
 func (*Milter) NewSession(*milterrt.State) milterrt.Session { return milterrt.BaseSession{} }

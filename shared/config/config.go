@@ -130,6 +130,9 @@ type MilterConfig struct {
 	MaxSessions     int           `yaml:"max_sessions"`
 	IdleTimeout     time.Duration `yaml:"idle_timeout"`
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// MaxProcs is how many CPUs the milter process's Go runtime runs on at
+	// once (GOMAXPROCS); 0 means all. GOMAXPROCS in the environment wins.
+	MaxProcs int `yaml:"max_procs"`
 }
 
 // MilterNames lists the milters in metrics-port offset order: access is
@@ -157,7 +160,11 @@ const (
 	DefaultMetricsListen    = "127.0.0.1:9464"
 	DefaultMaxSessions      = 512
 	DefaultIdleTimeout      = 10 * time.Minute
-	DefaultShutdownTimeout  = 30 * time.Second
+	// DefaultMaxProcs is 1: a milter waits on Postfix between packets, and one
+	// thread picks up the next packet without the wake-ups and spinning of an
+	// idle multi-threaded scheduler (measured in BENCHMARKS.md, issue 6).
+	DefaultMaxProcs        = 1
+	DefaultShutdownTimeout = 30 * time.Second
 )
 
 // Load reads, decodes and validates the config file at path. On failure
@@ -264,6 +271,7 @@ func applyDefaults(c *Config, doc *yamlconf.Doc, hostname func() (string, error)
 		setDefault(doc, p+".max_sessions", &m.MaxSessions, DefaultMaxSessions)
 		setDefault(doc, p+".idle_timeout", &m.IdleTimeout, DefaultIdleTimeout)
 		setDefault(doc, p+".shutdown_timeout", &m.ShutdownTimeout, DefaultShutdownTimeout)
+		setDefault(doc, p+".max_procs", &m.MaxProcs, DefaultMaxProcs)
 	}
 }
 

@@ -297,5 +297,8 @@ func (v validator) milters(c *Config) {
 		}
 		v.between(p+".idle_timeout", m.IdleTimeout, 24*time.Hour)
 		v.between(p+".shutdown_timeout", m.ShutdownTimeout, time.Hour)
+		if m.MaxProcs < 0 || m.MaxProcs > 4096 {
+			v.doc.Problemf(p+".max_procs", "must be between 0 (all CPUs) and 4096, got %d", m.MaxProcs)
+		}
 	}
 }

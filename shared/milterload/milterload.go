@@ -46,6 +46,11 @@ type Options struct {
 	// a fixed message, such as one carrying a DKIM signature that peers must
 	// verify. Build it with ParseMessage.
 	Message *Message
+
+	// V2 offers only what milter protocol version 2 knows (no "no reply"
+	// flags): for milters that announce version 2, and to measure what the
+	// no-reply flags save.
+	V2 bool
 }
 
 // Message is a fixed message: headers in order, then the body with CRLF line
@@ -141,11 +146,17 @@ func (o *Options) defaults() error {
 	return nil
 }
 
-// The masks must fit milter protocol version 2 (0x3f, 0x7f), which go-milter
-// servers announce; the client refuses the session otherwise.
+// The load offers what Postfix 3.7 offers (protocol 6: every action, every
+// protocol flag including the no-reply ones) but SMFIP_SKIP, whose reply
+// go-milter's client cannot read, so that a milter negotiates with it almost
+// as with Postfix. A milter that announces version 2 (go-milter's server)
+// makes go-milter's client refuse masks beyond 0x3f and 0x7f: Options.V2
+// offers only those.
 const (
-	actionMask   = milter.OptAddHeader | milter.OptChangeBody | milter.OptAddRcpt | milter.OptRemoveRcpt | milter.OptChangeHeader | milter.OptQuarantine
-	protocolMask = milter.OptNoConnect | milter.OptNoHelo | milter.OptNoMailFrom | milter.OptNoRcptTo | milter.OptNoBody | milter.OptNoHeaders | milter.OptNoEOH
+	actionMask     = milter.OptAction(0x1ff)
+	protocolMask   = milter.OptProtocol(0x1fffff) &^ milter.OptSkip
+	actionMaskV2   = milter.OptAddHeader | milter.OptChangeBody | milter.OptAddRcpt | milter.OptRemoveRcpt | milter.OptChangeHeader | milter.OptQuarantine
+	protocolMaskV2 = milter.OptNoConnect | milter.OptNoHelo | milter.OptNoMailFrom | milter.OptNoRcptTo | milter.OptNoBody | milter.OptNoHeaders | milter.OptNoEOH
 )
 
 // Run performs the load. The Result is valid even when err is not nil: err
@@ -166,10 +177,29 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	}
 	r.deadline, _ = ctx.Deadline()
 	r.dialer = &trackingDialer{r: r}
-	r.client = milter.NewClientWithOptions(o.Network, o.Address, milter.ClientOptions{
-		Dialer: r.dialer, ReadTimeout: o.Timeout, WriteTimeout: o.Timeout,
-		ActionMask: actionMask, ProtocolMask: protocolMask,
-	})
+	client := func(v2 bool) *milter.Client {
+		am, pm := actionMask, protocolMask
+		if v2 {
+			am, pm = actionMaskV2, protocolMaskV2
+		}
+		return milter.NewClientWithOptions(o.Network, o.Address, milter.ClientOptions{
+			Dialer: r.dialer, ReadTimeout: o.Timeout, WriteTimeout: o.Timeout,
+			ActionMask: am, ProtocolMask: pm,
+		})
+	}
+	r.client = client(o.V2)
+	if !o.V2 {
+		// Postfix offers protocol 6 and takes a version 2 answer; go-milter's
+		// client refuses it with the full offer, so offer 2 from the start
+		// when the milter answers 2. Other errors are the workers' to count.
+		s, err := r.client.Session()
+		switch {
+		case errors.Is(err, milter.ErrUnsupportedMilterVersion):
+			r.client = client(true)
+		case err == nil:
+			s.Close()
+		}
+	}
 	// When time is up, close every connection so that no worker stays blocked
 	// on a milter that does not answer.
 	stop := context.AfterFunc(ctx, r.closeAll)

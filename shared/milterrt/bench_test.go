@@ -10,6 +10,9 @@ import (
 // BenchmarkTransaction measures one transaction through go-milter's client and
 // a real Server on a unix socket: new-conn includes dialing and negotiation
 // (Postfix opens a milter connection per SMTP session), same-conn reuses one.
+// The client offers protocol 2 masks (every event answered) except in the
+// postfix-offer cases, which offer what Postfix offers (no reply to headers,
+// end of headers and body).
 func BenchmarkTransaction(b *testing.B) {
 	body := bytes.Repeat([]byte("a line of message body text, seventy-odd bytes long, for benchmarks.\r\n"), 30)
 	headers := [][2]string{{"From", "a@example.org"}, {"To", "b@example.net"}, {"Subject", "benchmark"},
@@ -40,16 +43,28 @@ func BenchmarkTransaction(b *testing.B) {
 		name    string
 		stages  Stages
 		newConn bool
+		v6      bool
 	}{
-		{"eom-only/new-conn", 0, true},
-		{"all-stages/new-conn", AllStages, true},
-		{"all-stages/same-conn", AllStages, false},
+		{"eom-only/new-conn", 0, true, false},
+		{"all-stages/new-conn", AllStages, true, false},
+		{"all-stages/same-conn", AllStages, false, false},
+		{"all-stages/new-conn/postfix-offer", AllStages, true, true},
+		{"all-stages/same-conn/postfix-offer", AllStages, false, true},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			ts := start(b, NoopMilter{Want: bc.stages}, Options{OnTransaction: func(*State) {}}, false)
+			dial := func() (*client, error) {
+				if bc.v6 {
+					return ts.dialV6(b, postfixActions, postfixProtocol), nil
+				}
+				return ts.dial(b)
+			}
 			var c *client
 			if !bc.newConn {
-				c = ts.mustDial(b)
+				var err error
+				if c, err = dial(); err != nil {
+					b.Fatal(err)
+				}
 				c.Conn("client.example", milter.FamilyInet, 40000, "192.0.2.10")
 				c.Helo("helo.example")
 			}
@@ -58,7 +73,7 @@ func BenchmarkTransaction(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				if bc.newConn {
 					var err error
-					if c, err = ts.dial(b); err != nil {
+					if c, err = dial(); err != nil {
 						b.Fatal(err)
 					}
 					c.Conn("client.example", milter.FamilyInet, 40000, "192.0.2.10")

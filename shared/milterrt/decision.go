@@ -213,23 +213,6 @@ func escapePercent(s string) string {
 	return strings.ReplaceAll(s, "%", "%%")
 }
 
-// response is the only milter.Response the runtime hands to go-milter. Its
-// Continue() is always true: go-milter re-creates the backend (dropping the
-// connection state) after any response whose Continue() is false, so the real
-// action travels in the message code and the runtime resets transactions
-// itself.
-type response struct{ msg milter.Message }
-
-func (r *response) Response() *milter.Message { return &r.msg }
-func (r *response) Continue() bool            { return true }
-
-// Replies without data are shared; go-milter only reads them.
-var (
-	respContinue = &response{milter.Message{Code: byte(milter.ActContinue)}}
-	respAccept   = &response{milter.Message{Code: byte(milter.ActAccept)}}
-	respDiscard  = &response{milter.Message{Code: byte(milter.ActDiscard)}}
-)
-
 // toResponse turns a decision, already normalised, into the reply for stage.
 // Reject and tempfail travel as SMFIR_REPLYCODE so the client sees our text; at
 // RCPT that fails only the recipient. At end of message a continue is an accept;
@@ -243,7 +226,7 @@ func toResponse(stage Stages, d Decision) *response {
 		return respDiscard
 	case ActionReject, ActionTempFail:
 		line := d.Code + " " + d.Enhanced + " " + escapePercent(d.Text) + "\x00"
-		return &response{milter.Message{Code: byte(milter.ActReplyCode), Data: []byte(line)}}
+		return &response{code: byte(milter.ActReplyCode), data: []byte(line)}
 	default: // continue, quarantine
 		if stage == StageEOM {
 			return respAccept

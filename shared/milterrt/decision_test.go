@@ -38,10 +38,10 @@ func TestToResponse(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			r := toResponse(tc.stage, tc.d.normalised())
-			if !r.Continue() {
-				t.Fatal("Continue() false: go-milter would drop the connection state")
-			}
-			msg := r.Response()
+			msg := struct {
+				Code byte
+				Data []byte
+			}{r.code, r.data}
 			want := tc.data
 			if want != "" {
 				want += "\x00"
@@ -74,21 +74,25 @@ func TestDecisionReply(t *testing.T) {
 }
 
 func TestStagesProtocol(t *testing.T) {
-	const noReply = milter.OptNoHeaderReply | milter.OptNoConnReply | milter.OptNoHeloReply | milter.OptNoMailReply |
-		milter.OptNoRcptReply | milter.OptNoDataReply | milter.OptNoUnknownReply | milter.OptNoEOHReply | milter.OptNoBodyReply
+	const always = milter.OptNoData | milter.OptNoUnknown
+	const content = milter.OptNoHeaderReply | milter.OptNoEOHReply | milter.OptNoBodyReply
+	envelope := envelopeStages | StageEOM
 	cases := []struct {
-		s    Stages
-		want milter.OptProtocol
+		name       string
+		s, decides Stages
+		want       milter.OptProtocol
 	}{
-		{0, 0x7f},
-		{AllStages, 0},
-		{StageConnect | StageRcpt, milter.OptNoHelo | milter.OptNoMailFrom | milter.OptNoBody | milter.OptNoHeaders | milter.OptNoEOH},
-		{StageBody, 0x7f &^ milter.OptNoBody},
+		{"nothing but end of message", 0, envelope, always | 0x7f},
+		{"every stage, decides at envelope stages", AllStages, envelope, always | content},
+		{"access-like", StageConnect | StageRcpt, envelope,
+			always | milter.OptNoHelo | milter.OptNoMailFrom | milter.OptNoBody | milter.OptNoHeaders | milter.OptNoEOH},
+		{"archive-like: observes everything, decides at the end", AllStages, StageEOM,
+			always | content | milter.OptNoConnReply | milter.OptNoHeloReply | milter.OptNoMailReply | milter.OptNoRcptReply},
+		{"body only", StageBody, envelope, always | 0x7f&^milter.OptNoBody | milter.OptNoBodyReply},
 	}
 	for _, tc := range cases {
-		got := tc.s.protocol()
-		if got != tc.want || got&noReply != 0 {
-			t.Errorf("%v: protocol %#x, want %#x", tc.s, got, tc.want)
+		if got := tc.s.protocol(tc.decides); got != tc.want {
+			t.Errorf("%s: protocol %#x, want %#x", tc.name, got, tc.want)
 		}
 	}
 	if got := (StageConnect | StageEOM).String(); got != "connect+eom" {

@@ -19,13 +19,16 @@ func txnLabel(st *State) int {
 }
 
 type metrics struct {
-	active    prometheus.Gauge
-	sessions  prometheus.Counter
-	refused   prometheus.Counter
-	panics    prometheus.Counter
-	decisions [numStages][numActions]prometheus.Counter
-	duration  [numStages]prometheus.Observer
-	txns      [numTxnLabels]prometheus.Counter
+	active   prometheus.Gauge
+	sessions prometheus.Counter
+	refused  prometheus.Counter
+	panics   prometheus.Counter
+	// protoErrors counts connections closed for input that breaks the milter
+	// protocol.
+	protoErrors prometheus.Counter
+	decisions   [numStages][numActions]prometheus.Counter
+	duration    [numStages]prometheus.Observer
+	txns        [numTxnLabels]prometheus.Counter
 }
 
 // stageBuckets span 50µs (a decision from memory) to 5s (far past any budget).
@@ -41,6 +44,8 @@ func newMetrics(reg prometheus.Registerer, name string) *metrics {
 		Name: "geomilter_milter_sessions_refused_total", Help: "Milter connections closed at once because max_sessions was reached.", ConstLabels: cl}))
 	panics := register(reg, prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "geomilter_milter_panics_total", Help: "Panics recovered in milter session code.", ConstLabels: cl}))
+	protoErrors := register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "geomilter_milter_protocol_errors_total", Help: "Milter connections closed because the MTA broke the milter protocol.", ConstLabels: cl}))
 	decisions := register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "geomilter_milter_decisions_total", Help: "Decisions returned, by stage and action.", ConstLabels: cl},
 		[]string{"stage", "action"}))
@@ -51,7 +56,7 @@ func newMetrics(reg prometheus.Registerer, name string) *metrics {
 		Name: "geomilter_milter_transactions_total", Help: "Transactions ended, by final action (aborted: ended without a decision).", ConstLabels: cl},
 		[]string{"action"}))
 
-	m := &metrics{active: active, sessions: sessions, refused: refused, panics: panics}
+	m := &metrics{active: active, sessions: sessions, refused: refused, panics: panics, protoErrors: protoErrors}
 	// Resolve every label combination once: the hot path then only adds.
 	for s := 0; s < numStages; s++ {
 		m.duration[s] = duration.WithLabelValues(stageNames[s])

@@ -2,8 +2,10 @@ package milterrt
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 
 	milter "github.com/emersion/go-milter"
 )
@@ -16,6 +18,24 @@ type Milter interface {
 	// NewSession is called once per milter connection (one Postfix SMTP
 	// session), before any event, with the connection's State.
 	NewSession(st *State) Session
+}
+
+// Decider is implemented by a milter that observes more envelope stages than
+// it decides at, e.g. an archive that needs the sender and recipients but
+// decides only at end of message. At a stage of Stages() outside DecidesAt()
+// the runtime asks the MTA not to wait for a reply (milter protocol 6,
+// SMFIP_NR_*), which saves a round trip per event. Headers, end of headers
+// and body never wait for a reply, for any milter: Postfix reports a decision
+// made there only after the whole message anyway.
+//
+// A decision other than continue at a stage without reply is held: the
+// Session sees no further events of the transaction (of the connection, for
+// connect and helo), and the held decision is the answer at the next stage
+// that has a reply, at the latest at end of message. A milter that rejects
+// recipients one by one must therefore list StageRcpt. A milter that does not
+// implement Decider decides at every envelope stage it lists.
+type Decider interface {
+	DecidesAt() Stages
 }
 
 // Session handles the events of one milter connection, one at a time, on the
@@ -82,10 +102,10 @@ type Modifier interface {
 // not declare in Actions().
 var ErrNotNegotiated = errors.New("milterrt: modification not declared in Milter.Actions()")
 
-// modifier wraps go-milter's Modifier; its writes go straight to the wire
-// before the final reply, as the protocol requires.
+// modifier queues modification packets on the session's output; they leave
+// with the final reply, in one write, ahead of it as the protocol requires.
 type modifier struct {
-	m       *milter.Modifier
+	c       *session
 	allowed Actions
 	// quarantined records a quarantine sent by the milter itself, so the
 	// runtime reports the right final action and sends it only once.
@@ -103,7 +123,8 @@ func (md *modifier) AddHeader(name, value string) error {
 	if err := md.need(MayAddHeader, "add header"); err != nil {
 		return err
 	}
-	return wrapErr("add header", md.m.AddHeader(name, value))
+	md.header(milter.ActAddHeader, nil, name, value)
+	return md.flushLarge("add header")
 }
 
 func (md *modifier) ChangeHeader(index int, name, value string) error {
@@ -113,7 +134,8 @@ func (md *modifier) ChangeHeader(index int, name, value string) error {
 	if index < 1 {
 		return fmt.Errorf("change header %s: index %d: must be 1 or more", name, index)
 	}
-	return wrapErr("change header", md.m.ChangeHeader(index, name, value))
+	md.header(milter.ActChangeHeader, binary.BigEndian.AppendUint32(nil, uint32(index)), name, value)
+	return md.flushLarge("change header")
 }
 
 func (md *modifier) InsertHeader(index int, name, value string) error {
@@ -123,7 +145,8 @@ func (md *modifier) InsertHeader(index int, name, value string) error {
 	if index < 0 {
 		return fmt.Errorf("insert header %s: index %d: must be 0 or more", name, index)
 	}
-	return wrapErr("insert header", md.m.InsertHeader(index, name, value))
+	md.header(milter.ActInsertHeader, binary.BigEndian.AppendUint32(nil, uint32(index)), name, value)
+	return md.flushLarge("insert header")
 }
 
 func (md *modifier) Quarantine(reason string) error {
@@ -131,9 +154,7 @@ func (md *modifier) Quarantine(reason string) error {
 		return err
 	}
 	reason = Quarantine(reason).normalised().QuarantineReason
-	if err := md.m.Quarantine(reason); err != nil {
-		return wrapErr("quarantine", err)
-	}
+	md.c.queue(byte(milter.ActQuarantine), []byte(reason), nul)
 	md.quarantined = reason
 	return nil
 }
@@ -142,14 +163,16 @@ func (md *modifier) AddRcpt(rcpt string) error {
 	if err := md.need(MayAddRcpt, "add rcpt"); err != nil {
 		return err
 	}
-	return wrapErr("add rcpt", md.m.AddRecipient(rcpt))
+	md.c.queue(byte(milter.ActAddRcpt), []byte("<"+rcpt+">"), nul)
+	return md.flushLarge("add rcpt")
 }
 
 func (md *modifier) DelRcpt(rcpt string) error {
 	if err := md.need(MayDelRcpt, "delete rcpt"); err != nil {
 		return err
 	}
-	return wrapErr("delete rcpt", md.m.DeleteRecipient(rcpt))
+	md.c.queue(byte(milter.ActDelRcpt), []byte("<"+rcpt+">"), nul)
+	return md.flushLarge("delete rcpt")
 }
 
 // replaceBodyChunk keeps each SMFIR_REPLBODY packet at the size Postfix itself
@@ -160,27 +183,43 @@ func (md *modifier) ReplaceBody(body []byte) error {
 	if err := md.need(MayChangeBody, "replace body"); err != nil {
 		return err
 	}
-	// Convert line ends here, on the whole body: go-milter converts per packet,
-	// which would miss a CRLF split across two packets.
+	// Postfix wants LF line ends; convert on the whole body so that a CRLF
+	// split across two packets is not missed.
 	body = bytes.ReplaceAll(body, []byte("\r\n"), []byte("\n"))
 	if len(body) == 0 {
-		return wrapErr("replace body", md.m.ReplaceBody(nil))
+		md.c.queue(byte(milter.ActReplBody))
+		return nil
 	}
 	for len(body) > 0 {
 		n := min(len(body), replaceBodyChunk)
-		if err := md.m.ReplaceBody(body[:n]); err != nil {
-			return wrapErr("replace body", err)
+		md.c.queue(byte(milter.ActReplBody), body[:n])
+		if err := md.flushLarge("replace body"); err != nil {
+			return err
 		}
 		body = body[n:]
 	}
 	return nil
 }
 
-func wrapErr(what string, err error) error {
-	if err == nil {
+var nul = []byte{0}
+
+// header queues a header modification: [index] name NUL value NUL, with the
+// value's line ends as Postfix wants them (LF).
+func (md *modifier) header(code milter.ModifyActCode, index []byte, name, value string) {
+	v := strings.ReplaceAll(value, "\r\n", "\n")
+	md.c.queue(byte(code), index, []byte(name), nul, []byte(v), nul)
+}
+
+// flushLarge writes the queued modifications once they are large, so that a
+// big body replacement is not held in memory whole.
+func (md *modifier) flushLarge(what string) error {
+	if len(md.c.out) < flushAt {
 		return nil
 	}
-	return fmt.Errorf("milterrt: %s: %w", what, err)
+	if err := md.c.flush(); err != nil {
+		return fmt.Errorf("milterrt: %s: %w", what, err)
+	}
+	return nil
 }
 
 // NoopMilter accepts everything. With Want zero only end of message is

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/textproto"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -100,7 +99,11 @@ func New(m Milter, opts Options) *Server {
 		listeners: make(map[*listener]struct{}),
 		sessions:  make(map[*session]struct{}),
 	}
-	s.protocol = s.stages.protocol()
+	decides := envelopeStages | StageEOM
+	if d, ok := m.(Decider); ok {
+		decides = d.DecidesAt()&envelopeStages | StageEOM
+	}
+	s.protocol = s.stages.protocol(decides)
 	return s
 }
 
@@ -124,18 +127,16 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 	}()
 
-	// One go-milter server per listener: its NewMilter is bound to this
-	// listener's hand-off slot.
-	gm := &milter.Server{
-		NewMilter: l.newMilter,
-		Actions:   s.actions.optAction(),
-		Protocol:  s.protocol,
+	for {
+		c, err := l.accept()
+		if err != nil {
+			if s.isClosing() {
+				return ErrServerClosed
+			}
+			return fmt.Errorf("milterrt: serve %s: %w", ln.Addr(), err)
+		}
+		go c.serve()
 	}
-	err := gm.Serve(l)
-	if s.isClosing() {
-		return ErrServerClosed
-	}
-	return fmt.Errorf("milterrt: serve %s: %w", ln.Addr(), err)
 }
 
 // Shutdown stops accepting, closes connections that are between transactions,
@@ -254,17 +255,15 @@ func (s *Server) newID() string {
 	return string(b[:])
 }
 
-// listener hands each accepted connection to go-milter and, through newMilter,
-// the session built for it. go-milter's Serve loop calls NewMilter right after
-// Accept on the same goroutine, so a one-slot hand-off is enough.
+// listener accepts milter connections for a Server.
 type listener struct {
 	net.Listener
-	srv     *Server
-	mu      sync.Mutex
-	pending *session
+	srv *Server
 }
 
-func (l *listener) Accept() (net.Conn, error) {
+// accept returns the next admitted connection. Temporary errors are retried
+// with a backoff; past MaxSessions a connection is closed at once.
+func (l *listener) accept() (*session, error) {
 	var backoff time.Duration
 	for {
 		raw, err := l.Listener.Accept()
@@ -294,45 +293,6 @@ func (l *listener) Accept() (net.Conn, error) {
 			raw.Close()
 			continue
 		}
-		l.mu.Lock()
-		l.pending = c
-		l.mu.Unlock()
-		return c.wire, nil
+		return c, nil
 	}
 }
-
-func (l *listener) newMilter() milter.Milter {
-	l.mu.Lock()
-	c := l.pending
-	l.pending = nil
-	l.mu.Unlock()
-	if c == nil {
-		// go-milter only calls NewMilter outside Accept after a response whose
-		// Continue() is false, which the runtime never returns.
-		l.srv.log.Error().Msg("go-milter asked for a backend without a connection; failing the message")
-		return orphan{}
-	}
-	return c
-}
-
-// orphan answers every event with a tempfail; it exists only so that an
-// unexpected go-milter call cannot crash the process.
-type orphan struct{}
-
-var respOrphan = toResponse(StageMail, TempFail("451", "4.3.0", "Temporary failure").normalised())
-
-func (orphan) Connect(string, string, uint16, net.IP, *milter.Modifier) (milter.Response, error) {
-	return respOrphan, nil
-}
-func (orphan) Helo(string, *milter.Modifier) (milter.Response, error)     { return respOrphan, nil }
-func (orphan) MailFrom(string, *milter.Modifier) (milter.Response, error) { return respOrphan, nil }
-func (orphan) RcptTo(string, *milter.Modifier) (milter.Response, error)   { return respOrphan, nil }
-func (orphan) Header(string, string, *milter.Modifier) (milter.Response, error) {
-	return respOrphan, nil
-}
-func (orphan) Headers(textproto.MIMEHeader, *milter.Modifier) (milter.Response, error) {
-	return respOrphan, nil
-}
-func (orphan) BodyChunk([]byte, *milter.Modifier) (milter.Response, error) { return respOrphan, nil }
-func (orphan) Body(*milter.Modifier) (milter.Response, error)              { return respOrphan, nil }
-func (orphan) Abort(*milter.Modifier) error                                { return nil }

@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/textproto"
 	"os"
-	"reflect"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -20,12 +18,12 @@ import (
 // panicDecision answers every event of a transaction whose Session panicked.
 var panicDecision = TempFail("451", "4.3.0", "Temporary failure").WithReason("panic in milter session").normalised()
 
-// session is one milter connection. It implements go-milter's Milter (the
-// backend go-milter calls, on the connection's goroutine) and owns the wire.
+// session is one milter connection: it reads the MTA's commands, calls the
+// milter's Session and writes the replies, on one goroutine.
 type session struct {
 	srv  *Server
 	raw  net.Conn
-	wire *wireConn
+	br   *bufio.Reader
 	id   string
 	st   State
 	impl Session // created at the first event, on the session goroutine
@@ -37,21 +35,28 @@ type session struct {
 	closing bool
 
 	// Session goroutine only.
-	txnSeq       int
-	txnOpen      bool
-	txnPoison    bool      // a Session method panicked: the rest of the transaction tempfails
-	connPoison   bool      // likewise for the whole connection (panic at connect/helo)
-	sticky       Decision  // discard or quarantine decided at connect/helo, applied to every transaction
-	pendingQ     *Decision // quarantine decided before end of message
-	lastMacros   map[string]string
-	connMacros   map[string]string
-	replyPending bool // the next write is the reply to the current event
-	endAfter     bool // end the transaction once that reply is written
-	abortAfter   bool // … calling Session.Abort first
-	closeOnce    sync.Once
+	hdr        [4]byte
+	in, out    []byte             // packet buffers, reused
+	proto      milter.OptProtocol // negotiated protocol flags
+	actions    Actions            // negotiated modifications
+	txnSeq     int
+	txnOpen    bool
+	txnPoison  bool      // a Session method panicked: the rest of the transaction tempfails
+	connPoison bool      // likewise for the whole connection (panic at connect/helo)
+	sticky     Decision  // discard or quarantine decided at connect/helo, applied to every transaction
+	pendingQ   *Decision // quarantine decided before end of message
+	// A decision made at a stage without reply waits for the next reply
+	// (see Decider): held for the transaction, connHeld for the connection.
+	held, connHeld           *Decision
+	heldStage, connHeldStage Stages
+	macroCmd                 byte     // command of the macros received last
+	macros                   []string // name, value, …: merged at that command's event
+	connMacros               map[string]string
+	replyPending             bool // the reply to the current event is not written yet
+	endAfter                 bool // end the transaction once that reply is written
+	abortAfter               bool // … calling Session.Abort first
+	closeOnce                sync.Once
 }
-
-var _ milter.Milter = (*session)(nil)
 
 func newSession(srv *Server, raw net.Conn) *session {
 	c := &session{srv: srv, raw: raw, id: srv.newID(), connMacros: make(map[string]string)}
@@ -61,8 +66,7 @@ func newSession(srv *Server, raw net.Conn) *session {
 		ConnStart: srv.now(),
 		Macros:    make(map[string]string),
 	}
-	c.wire = &wireConn{Conn: raw, s: c}
-	c.wire.br = bufio.NewReader(rawReader{c})
+	c.br = bufio.NewReaderSize(rawReader{c}, 8<<10)
 	return c
 }
 
@@ -92,24 +96,34 @@ func (c *session) newImpl() {
 	}
 }
 
-// mergeMacros copies the macros go-milter holds into State. go-milter builds
-// a new map for every macro packet and passes the same map again to later
-// events until the next packet; a map already merged is skipped, so the
-// macros of an ended transaction never leak into the next one.
-func (c *session) mergeMacros(m map[string]string, connLevel bool) {
-	if m == nil {
+// applyMacros merges the macros received for the current event into State.
+// Those sent with connect and helo persist across transactions; the others
+// end with the transaction.
+func (c *session) applyMacros() {
+	if len(c.macros) == 0 {
 		return
 	}
-	if c.lastMacros != nil && reflect.ValueOf(m).UnsafePointer() == reflect.ValueOf(c.lastMacros).UnsafePointer() {
-		return
-	}
-	c.lastMacros = m
-	for k, v := range m {
+	connLevel := c.macroCmd == byte(milter.CodeConn) || c.macroCmd == byte(milter.CodeHelo)
+	for i := 0; i+1 < len(c.macros); i += 2 {
+		k, v := c.macros[i], c.macros[i+1]
 		c.st.Macros[k] = v
 		if connLevel {
 			c.connMacros[k] = v
 		}
 	}
+	c.macros = c.macros[:0]
+}
+
+// heldDecision returns the decision that answers this stage without calling
+// the milter: one held at a stage without reply (Decider).
+func (c *session) heldDecision(txnStage bool) (Decision, Stages, bool) {
+	if c.connHeld != nil {
+		return *c.connHeld, c.connHeldStage, true
+	}
+	if txnStage && c.held != nil {
+		return *c.held, c.heldStage, true
+	}
+	return Decision{}, 0, false
 }
 
 // run calls the milter for one stage with panic recovery and timing, and
@@ -125,6 +139,9 @@ func (c *session) run(stage Stages, fn func() Decision) (d Decision) {
 		d = c.sticky
 		c.srv.met.decision(stage, d.Action)
 		return d
+	}
+	if held, _, ok := c.heldDecision(txnStage); ok {
+		return held // counted in metrics where it was decided
 	}
 	start := time.Now()
 	defer func() {
@@ -183,12 +200,12 @@ func (c *session) openTxn() {
 }
 
 // beginTxnEvent prepares a transaction-level event.
-func (c *session) beginTxnEvent(m *milter.Modifier) {
+func (c *session) beginTxnEvent() {
 	c.enter()
 	if !c.txnOpen {
 		c.openTxn()
 	}
-	c.mergeMacros(m.Macros, false)
+	c.applyMacros()
 }
 
 // endTxn reports the transaction (State.Final set by the caller) and resets it.
@@ -207,6 +224,7 @@ func (c *session) endTxn(callAbort bool) {
 	c.txnOpen = false
 	c.txnPoison = false
 	c.pendingQ = nil
+	c.held, c.heldStage = nil, 0
 	c.mu.Lock()
 	c.inTxn = false
 	c.mu.Unlock()
@@ -226,6 +244,11 @@ func (c *session) abortTxn() {
 	case len(c.st.Rcpts) > 0 && len(c.st.AcceptedRcpts()) == 0:
 		// Every recipient was refused: that is what ended the transaction.
 		c.st.Final, c.st.FinalStage = c.st.Rcpts[len(c.st.Rcpts)-1].Decision, StageRcpt
+	default:
+		// A decision held at a stage without reply is what the milter decided.
+		if d, stage, ok := c.heldDecision(true); ok {
+			c.st.Final, c.st.FinalStage = d, stage
+		}
 	}
 	c.endTxn(true)
 }
@@ -262,16 +285,33 @@ func (c *session) decideAfter(stage Stages, d Decision, callAbort bool) {
 	c.endAfter, c.abortAfter = true, callAbort
 }
 
-// connLevel applies a decision made at connect or helo.
-func (c *session) connLevel(stage Stages, d Decision) milter.Response {
+// hold keeps a decision made at a stage without reply; the first one counts.
+func (c *session) hold(stage Stages, d Decision) {
+	if stage == StageConnect || stage == StageHelo {
+		if c.connHeld == nil {
+			c.connHeld, c.connHeldStage = &d, stage
+		}
+		return
+	}
+	if c.held == nil {
+		c.held, c.heldStage = &d, stage
+	}
+}
+
+// connLevel applies a decision made at connect or helo; nil means no reply.
+func (c *session) connLevel(stage Stages, d Decision) *response {
 	switch d.Action {
 	case ActionContinue:
-		return c.reply(respContinue)
+		return c.replyIf(stage, respContinue)
 	case ActionDiscard, ActionQuarantine:
 		// Postfix refuses a discard at connect/helo and accepts a quarantine
 		// only at end of message: apply them to each transaction instead.
 		c.sticky = d
-		return c.reply(respContinue)
+		return c.replyIf(stage, respContinue)
+	}
+	if !c.replies(stage) {
+		c.hold(stage, d)
+		return nil
 	}
 	// Accept, reject or tempfail of the whole connection: reported as a
 	// transaction without sender.
@@ -280,33 +320,150 @@ func (c *session) connLevel(stage Stages, d Decision) milter.Response {
 	return c.reply(toResponse(stage, d))
 }
 
-// txnLevel applies a decision made at MAIL, RCPT, header, EOH or body.
-func (c *session) txnLevel(stage Stages, d Decision) milter.Response {
+// txnLevel applies a decision made at MAIL, RCPT, header, EOH or body; nil
+// means no reply.
+func (c *session) txnLevel(stage Stages, d Decision) *response {
 	switch d.Action {
 	case ActionContinue:
-		return c.reply(respContinue)
+		return c.replyIf(stage, respContinue)
 	case ActionQuarantine:
 		c.pendingQ = &d
-		return c.reply(respContinue)
-	case ActionReject, ActionTempFail:
-		if stage == StageRcpt {
-			return c.reply(toResponse(stage, d)) // this recipient only
-		}
+		return c.replyIf(stage, respContinue)
+	}
+	if !c.replies(stage) {
+		c.hold(stage, d)
+		return nil
+	}
+	if stage == StageRcpt && d.IsFailure() {
+		return c.reply(toResponse(stage, d)) // this recipient only
 	}
 	c.decideAfter(stage, d, true)
 	return c.reply(toResponse(stage, d))
 }
 
-// --- go-milter backend -------------------------------------------------------
+func (c *session) replyIf(stage Stages, r *response) *response {
+	if !c.replies(stage) {
+		return nil
+	}
+	return c.reply(r)
+}
 
-func (c *session) Connect(host, family string, port uint16, addr net.IP, m *milter.Modifier) (milter.Response, error) {
+// --- events ------------------------------------------------------------------
+
+// serve runs the connection until the MTA quits, the connection fails or a
+// protocol error; then it closes the session.
+func (c *session) serve() {
+	defer c.close()
+	defer func() {
+		// A bug in the runtime itself must not take the process down.
+		if r := recover(); r != nil {
+			c.recovered("runtime", r)
+		}
+	}()
+	for {
+		code, data, err := c.readPacket()
+		if err != nil {
+			var pe *protocolError
+			if errors.As(err, &pe) {
+				c.protocolFailure(err)
+			}
+			return
+		}
+		r, event, err := c.dispatch(code, data)
+		if err != nil {
+			c.protocolFailure(err)
+			return
+		}
+		switch {
+		case r != nil:
+			werr := c.send(r)
+			c.afterReply(werr)
+			if werr != nil {
+				return
+			}
+		case event:
+			if err := c.flush(); err != nil { // nothing queued normally; keep the output empty
+				return
+			}
+			c.idle()
+		}
+		if code == byte(milter.CodeQuit) || code == byte(milter.CodeQuitNewConn) {
+			return
+		}
+	}
+}
+
+func (c *session) protocolFailure(err error) {
+	c.srv.met.protoErrors.Inc()
+	c.srv.log.Warn().Str("session", c.id).Str("txn", c.st.TxnID).Err(err).
+		Msg("milter protocol error from the MTA; closing the connection (the MTA applies its default action)")
+}
+
+// dispatch handles one command. event is true for commands that start an
+// event of the session (enter was called): they end with a reply or idle.
+func (c *session) dispatch(code byte, data []byte) (r *response, event bool, err error) {
+	switch milter.Code(code) {
+	case milter.CodeOptNeg:
+		return nil, false, c.negotiate(data)
+	case milter.CodeMacro:
+		cmd, kv, err := macroPairs(data)
+		if err != nil {
+			return nil, false, err
+		}
+		c.macroCmd, c.macros = cmd, append(c.macros[:0], kv...)
+		return nil, false, nil
+	case milter.CodeConn:
+		ci, err := parseConnect(data)
+		if err != nil {
+			return nil, false, err
+		}
+		return c.onConnect(ci), true, nil
+	case milter.CodeHelo:
+		name, _ := cstring(data)
+		return c.onHelo(name), true, nil
+	case milter.CodeMail:
+		return c.onMail(addrArg(data)), true, nil
+	case milter.CodeRcpt:
+		return c.onRcpt(addrArg(data)), true, nil
+	case milter.CodeHeader:
+		h, err := headerPacket(data)
+		if err != nil {
+			return nil, false, err
+		}
+		return c.onHeader(h), true, nil
+	case milter.CodeEOH:
+		return c.onEOH(), true, nil
+	case milter.CodeBody:
+		return c.onBody(data), true, nil
+	case milter.CodeEOB:
+		if len(data) > 0 { // Sendmail may send the last chunk with end of body
+			if r := c.onBody(data); r != nil && r != respContinue {
+				return r, true, nil
+			}
+		}
+		return c.onEOM(), true, nil
+	case milter.CodeAbort:
+		c.enter()
+		c.macros = c.macros[:0]
+		c.abortTxn()
+		return nil, true, nil // ABORT has no reply
+	case milter.CodeData, 'U': // negotiated away; answered if the MTA sends them anyway
+		c.macros = c.macros[:0]
+		return respContinue, false, nil
+	case milter.CodeQuit, milter.CodeQuitNewConn:
+		// QUIT_NC (reuse the connection for a new SMTP session) is treated as
+		// QUIT: the MTA opens a new connection. Postfix never sends it.
+		return nil, false, nil
+	}
+	return nil, false, protoErrorf("unknown command %q", code)
+}
+
+func (c *session) onConnect(ci connectInfo) *response {
 	c.enter()
-	c.mergeMacros(m.Macros, true)
-	c.st.ClientHost, c.st.Family, c.st.ClientPort = host, family, port
+	c.applyMacros()
+	c.st.ClientHost, c.st.Family, c.st.ClientPort = ci.host, ci.family, ci.port
 	c.st.ClientAddr = nil
-	// For family unix go-milter leaves Postfix's 2-byte port in front of the
-	// address, so addr is nil (or garbage): only TCP peers have an address.
-	if (family == "tcp4" || family == "tcp6") && addr != nil {
+	if addr := ci.addr; addr != nil {
 		if v4 := addr.To4(); v4 != nil {
 			addr = v4
 		}
@@ -315,72 +472,75 @@ func (c *session) Connect(host, family string, port uint16, addr net.IP, m *milt
 		// pickup) through non_smtpd_milters as 127.0.0.1 port 0, never as
 		// family unix (checked against Postfix 3.7: cleanup_milter.c). No
 		// real TCP peer has port 0, so this is the local-submission mark.
-		if port == 0 && addr.IsLoopback() {
+		if ci.port == 0 && addr.IsLoopback() {
 			c.st.ClientAddr = nil
 			c.st.Family = "local"
 		}
 	}
 	d := c.run(StageConnect, func() Decision { return c.impl.Connect(&c.st) })
-	return c.connLevel(StageConnect, d), nil
+	return c.connLevel(StageConnect, d)
 }
 
-func (c *session) Helo(name string, m *milter.Modifier) (milter.Response, error) {
+func (c *session) onHelo(name string) *response {
 	c.enter()
 	// HELO inside a transaction resets it (Postfix sends ABORT next).
 	c.abortTxn()
-	c.mergeMacros(m.Macros, true)
+	c.applyMacros()
 	c.st.Helo = name
 	d := c.run(StageHelo, func() Decision { return c.impl.Helo(&c.st) })
-	return c.connLevel(StageHelo, d), nil
+	return c.connLevel(StageHelo, d)
 }
 
-func (c *session) MailFrom(from string, m *milter.Modifier) (milter.Response, error) {
+func (c *session) onMail(from string) *response {
 	c.enter()
 	c.abortTxn() // a MAIL without ABORT after the previous transaction
 	c.openTxn()
-	c.mergeMacros(m.Macros, false)
+	c.applyMacros()
 	c.st.Sender = from
 	d := c.run(StageMail, func() Decision { return c.impl.MailFrom(&c.st) })
-	return c.txnLevel(StageMail, d), nil
+	return c.txnLevel(StageMail, d)
 }
 
-func (c *session) RcptTo(to string, m *milter.Modifier) (milter.Response, error) {
-	c.beginTxnEvent(m)
+func (c *session) onRcpt(to string) *response {
+	c.beginTxnEvent()
 	r := &Recipient{Addr: to}
 	c.st.Rcpts = append(c.st.Rcpts, r)
 	d := c.run(StageRcpt, func() Decision { return c.impl.RcptTo(&c.st, r) })
 	r.Decision = d
-	return c.txnLevel(StageRcpt, d), nil
+	return c.txnLevel(StageRcpt, d)
 }
 
-func (c *session) Header(name, value string, m *milter.Modifier) (milter.Response, error) {
-	c.beginTxnEvent(m)
-	h := HeaderField{Name: name, Value: value}
+func (c *session) onHeader(h HeaderField) *response {
+	c.beginTxnEvent()
 	c.st.Headers = append(c.st.Headers, h)
 	d := c.run(StageHeaders, func() Decision { return c.impl.Header(&c.st, h) })
-	return c.txnLevel(StageHeaders, d), nil
+	return c.txnLevel(StageHeaders, d)
 }
 
-func (c *session) Headers(_ textproto.MIMEHeader, m *milter.Modifier) (milter.Response, error) {
-	c.beginTxnEvent(m)
+func (c *session) onEOH() *response {
+	c.beginTxnEvent()
 	d := c.run(StageEOH, func() Decision { return c.impl.EndOfHeaders(&c.st) })
-	return c.txnLevel(StageEOH, d), nil
+	return c.txnLevel(StageEOH, d)
 }
 
-func (c *session) BodyChunk(chunk []byte, m *milter.Modifier) (milter.Response, error) {
-	c.beginTxnEvent(m)
+func (c *session) onBody(chunk []byte) *response {
+	c.beginTxnEvent()
 	c.st.BodyBytes += int64(len(chunk))
 	d := c.run(StageBody, func() Decision { return c.impl.BodyChunk(&c.st, chunk) })
-	return c.txnLevel(StageBody, d), nil
+	return c.txnLevel(StageBody, d)
 }
 
-func (c *session) Body(m *milter.Modifier) (milter.Response, error) {
-	c.beginTxnEvent(m)
-	md := &modifier{m: m, allowed: c.srv.actions}
+func (c *session) onEOM() *response {
+	c.beginTxnEvent()
+	stage := StageEOM
+	if _, at, ok := c.heldDecision(true); ok {
+		stage = at
+	}
+	md := &modifier{c: c, allowed: c.srv.actions & c.actions}
 	d := c.run(StageEOM, func() Decision { return c.impl.EndOfMessage(&c.st, md) })
 	d = c.finalEOM(d, md)
-	c.decideAfter(StageEOM, d, false)
-	return c.reply(toResponse(StageEOM, d)), nil
+	c.decideAfter(stage, d, false)
+	return c.reply(toResponse(StageEOM, d))
 }
 
 // finalEOM settles accept versus quarantine at end of message: a quarantine
@@ -407,30 +567,20 @@ func (c *session) finalEOM(d Decision, md *modifier) Decision {
 		return d
 	}
 	if md.quarantined == "" {
-		if c.srv.actions&MayQuarantine == 0 {
+		if md.allowed&MayQuarantine == 0 {
 			// A programming error in the milter: keep the message rather than
 			// deliver what was meant to be held.
 			c.srv.log.Error().Str("session", c.id).Str("txn", c.st.TxnID).
-				Msg("quarantine decided but MayQuarantine not in Actions(); answering tempfail")
+				Msg("quarantine decided but MayQuarantine not in Actions() or not offered by the MTA; answering tempfail")
 			return TempFail("451", "4.3.0", "Temporary failure").WithReason("quarantine not negotiated").normalised()
 		}
-		if err := md.m.Quarantine(reason); err != nil {
-			return TempFail("451", "4.3.0", "Temporary failure").WithReason("quarantine request failed: " + err.Error()).normalised()
-		}
+		md.c.queue(byte(milter.ActQuarantine), []byte(reason), nul)
 	}
 	d.Action, d.QuarantineReason = ActionQuarantine, reason
 	return d
 }
 
-func (c *session) Abort(_ *milter.Modifier) error {
-	c.enter()
-	c.abortTxn()
-	c.idle() // ABORT has no reply
-	return nil
-}
-
-// close ends the session: go-milter calls it (through wireConn.Close) when
-// its loop for this connection ends, whatever the reason.
+// close ends the session when its loop ends, whatever the reason.
 func (c *session) close() {
 	c.closeOnce.Do(func() {
 		c.raw.Close()
@@ -466,43 +616,8 @@ func (c *session) forceClose() {
 	c.raw.Close()
 }
 
-// --- wire ----------------------------------------------------------------------
-
-// wireConn is the net.Conn go-milter sees.
-type wireConn struct {
-	net.Conn
-	s  *session
-	br *bufio.Reader
-}
-
-// Read serves go-milter's small reads (the 4-byte length, then the payload)
-// from one buffered read of the socket.
-func (w *wireConn) Read(p []byte) (int, error) { return w.br.Read(p) }
-
-func (w *wireConn) Write(p []byte) (int, error) {
-	c := w.s
-	w.Conn.SetWriteDeadline(time.Now().Add(c.srv.opts.IdleTimeout))
-	n, err := w.Conn.Write(p)
-	if c.replyPending {
-		c.afterReply(err)
-		if err != nil {
-			// Swallow the error: go-milter would log it to the global logger;
-			// the closed socket ends its loop at the next read instead.
-			c.raw.Close()
-			return len(p), nil
-		}
-	}
-	return n, err
-}
-
-func (w *wireConn) Close() error {
-	w.s.close()
-	return nil
-}
-
 // rawReader reads the socket with the idle timeout as deadline. Every read
-// error becomes io.EOF after we log it, so go-milter ends the session quietly
-// instead of writing to the global logger.
+// error becomes io.EOF after it is logged, which ends the session quietly.
 type rawReader struct{ c *session }
 
 func (r rawReader) Read(p []byte) (int, error) {

@@ -57,28 +57,50 @@ func (s Stages) index() int {
 	return numStages - 1
 }
 
-// protocol returns the OptNo* flags that skip every stage not in s. The
-// OptNo*Reply flags are never set: go-milter would still send the replies and
-// Postfix would fall out of step.
-func (s Stages) protocol() milter.OptProtocol {
-	var p milter.OptProtocol
-	for _, x := range []struct {
-		st  Stages
-		opt milter.OptProtocol
-	}{
-		{StageConnect, milter.OptNoConnect},
-		{StageHelo, milter.OptNoHelo},
-		{StageMail, milter.OptNoMailFrom},
-		{StageRcpt, milter.OptNoRcptTo},
-		{StageHeaders, milter.OptNoHeaders},
-		{StageEOH, milter.OptNoEOH},
-		{StageBody, milter.OptNoBody},
-	} {
-		if s&x.st == 0 {
-			p |= x.opt
+// envelopeStages are the stages where a milter's decision reaches the SMTP
+// client at once; at the content stages (headers, end of headers, body) Postfix
+// answers the client only after the whole message, whatever the stage.
+const envelopeStages = StageConnect | StageHelo | StageMail | StageRcpt
+
+var stageFlags = []struct {
+	st           Stages
+	skip, noRepl milter.OptProtocol
+}{
+	{StageConnect, milter.OptNoConnect, milter.OptNoConnReply},
+	{StageHelo, milter.OptNoHelo, milter.OptNoHeloReply},
+	{StageMail, milter.OptNoMailFrom, milter.OptNoMailReply},
+	{StageRcpt, milter.OptNoRcptTo, milter.OptNoRcptReply},
+	{StageHeaders, milter.OptNoHeaders, milter.OptNoHeaderReply},
+	{StageEOH, milter.OptNoEOH, milter.OptNoEOHReply},
+	{StageBody, milter.OptNoBody, milter.OptNoBodyReply},
+}
+
+// protocol returns the protocol flags a milter asks for: skip every stage not
+// in s, and DATA and unknown commands, which no milter here handles; send no
+// reply at the stages of s not in decides (the MTA then does not wait). The
+// MTA grants the subset it offers.
+func (s Stages) protocol(decides Stages) milter.OptProtocol {
+	p := milter.OptNoData | milter.OptNoUnknown
+	for _, x := range stageFlags {
+		switch {
+		case s&x.st == 0:
+			p |= x.skip
+		case decides&x.st == 0:
+			p |= x.noRepl
 		}
 	}
 	return p
+}
+
+// noReplyFlag is the SMFIP_NR_* flag of a single stage; 0 for end of message,
+// which always has a reply.
+func noReplyFlag(stage Stages) milter.OptProtocol {
+	for _, x := range stageFlags {
+		if x.st == stage {
+			return x.noRepl
+		}
+	}
+	return 0
 }
 
 // Actions is the set of message modifications a milter may request at end of
@@ -115,6 +137,24 @@ func (a Actions) optAction() milter.OptAction {
 		o |= milter.OptChangeBody
 	}
 	return o
+}
+
+// actionsOf is the inverse of optAction for the bits it knows.
+func actionsOf(o milter.OptAction) Actions {
+	var a Actions
+	for _, x := range []struct {
+		a Actions
+		o milter.OptAction
+	}{
+		{MayAddHeader, milter.OptAddHeader}, {MayChangeHeader, milter.OptChangeHeader},
+		{MayQuarantine, milter.OptQuarantine}, {MayAddRcpt, milter.OptAddRcpt},
+		{MayDelRcpt, milter.OptRemoveRcpt}, {MayChangeBody, milter.OptChangeBody},
+	} {
+		if o&x.o != 0 {
+			a |= x.a
+		}
+	}
+	return a
 }
 
 // Recipient is one RCPT TO of the transaction with this milter's verdict on it

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -69,6 +70,9 @@ type Process struct {
 	cfgPath string
 	cfg     *config.Config
 	log     zerolog.Logger
+	// ownsProcess: started by Run, so process-wide settings (GOMAXPROCS) are
+	// this milter's to set; not when Start is used inside another program.
+	ownsProcess bool
 
 	milter  milterrt.Milter
 	server  *milterrt.Server
@@ -84,12 +88,34 @@ type Process struct {
 	stopErr  error
 }
 
+// applyMaxProcs sets GOMAXPROCS from milters.<name>.max_procs, unless the
+// environment sets GOMAXPROCS (the operator's word wins).
+func (p *Process) applyMaxProcs() {
+	mc, ok := p.cfg.Milter(p.name)
+	if !ok {
+		return
+	}
+	if env := os.Getenv("GOMAXPROCS"); env != "" {
+		p.log.Info().Str("GOMAXPROCS", env).Int("max_procs", mc.MaxProcs).Msg("GOMAXPROCS from the environment overrides max_procs")
+		return
+	}
+	n := mc.MaxProcs
+	if n == 0 {
+		n = runtime.NumCPU()
+	}
+	if old := runtime.GOMAXPROCS(n); old != n {
+		p.log.Info().Int("max_procs", n).Int("was", old).Msg("Go runtime CPUs set")
+	}
+}
+
 // Run runs the named milter until SIGTERM or SIGINT; SIGHUP reloads.
 func Run(name, cfgPath string, f Factory, stderr io.Writer) error {
 	p, err := Start(name, cfgPath, f, stderr)
 	if err != nil {
 		return err
 	}
+	p.ownsProcess = true
+	p.applyMaxProcs()
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
@@ -241,6 +267,9 @@ func (p *Process) Reload() {
 		}
 	}
 	p.cfg = cfg
+	if p.ownsProcess {
+		p.applyMaxProcs()
+	}
 	p.log.Info().Msg("reloaded")
 }
 
