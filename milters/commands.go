@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -22,6 +23,17 @@ func runMilter(name string, f service.Factory, args []string, stderr io.Writer) 
 	cfgPath := fs.String("config", "/etc/geomilter/geomilter.yaml", "config file")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	// GEOMILTER_CPUPROFILE=DIR writes a CPU profile of the whole run to
+	// DIR/<milter>-<pid>.prof: for measuring under real Postfix load
+	// (BENCHMARKS.md), not for production.
+	if dir := os.Getenv("GEOMILTER_CPUPROFILE"); dir != "" {
+		stop, err := startProfile(filepath.Join(dir, fmt.Sprintf("%s-%d.prof", name, os.Getpid())))
+		if err != nil {
+			fmt.Fprintf(stderr, "geomilter %s: GEOMILTER_CPUPROFILE: %v\n", name, err)
+			return 1
+		}
+		defer stop()
 	}
 	if err := service.Run(name, *cfgPath, f, stderr); err != nil {
 		fmt.Fprintf(stderr, "geomilter %s: %v\n", name, err)
