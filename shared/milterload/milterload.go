@@ -187,19 +187,8 @@ func Run(ctx context.Context, o Options) (Result, error) {
 			ActionMask: am, ProtocolMask: pm,
 		})
 	}
-	r.client = client(o.V2)
-	if !o.V2 {
-		// Postfix offers protocol 6 and takes a version 2 answer; go-milter's
-		// client refuses it with the full offer, so offer 2 from the start
-		// when the milter answers 2. Other errors are the workers' to count.
-		s, err := r.client.Session()
-		switch {
-		case errors.Is(err, milter.ErrUnsupportedMilterVersion):
-			r.client = client(true)
-		case err == nil:
-			s.Close()
-		}
-	}
+	r.client.Store(client(o.V2))
+	r.clientV2 = client(true)
 	// When time is up, close every connection so that no worker stays blocked
 	// on a milter that does not answer.
 	stop := context.AfterFunc(ctx, r.closeAll)
@@ -253,7 +242,11 @@ type runner struct {
 	ctx      context.Context
 	deadline time.Time
 	body     []byte
-	client   *milter.Client
+	client   atomic.Pointer[milter.Client]
+	// clientV2 replaces client when the milter answers protocol 2: Postfix
+	// offers 6 and takes a version 2 answer, but go-milter's client refuses
+	// one to the full offer.
+	clientV2 *milter.Client
 	dialer   *trackingDialer
 	next     atomic.Int64 // next transaction index to claim
 
@@ -309,7 +302,11 @@ func (r *runner) session(first, n int, wr *workerResult) {
 			wr.errors += n - done
 		}
 	}
-	s, err := r.client.Session()
+	s, err := r.client.Load().Session()
+	if errors.Is(err, milter.ErrUnsupportedMilterVersion) {
+		r.client.Store(r.clientV2)
+		s, err = r.clientV2.Session()
+	}
 	if err != nil {
 		fail(0)
 		return

@@ -2,7 +2,9 @@ package milterrt
 
 import (
 	"encoding/binary"
+	"errors"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -49,11 +51,17 @@ func FuzzProtocolBytes(f *testing.F) {
 		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
 		_, _ = c.Write(packet('O', optneg))
 		_, _ = c.Write(data)
-		// Read whatever comes back until the server closes or goes quiet.
+		// End of input: the server must finish and close on its own (quit,
+		// protocol error or EOF), which also keeps every execution short.
+		if cw, ok := c.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		}
 		buf := make([]byte, 4096)
-		_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 		for {
 			if _, err := c.Read(buf); err != nil {
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Fatalf("server did not close the connection within 2s of the end of input")
+				}
 				break
 			}
 		}

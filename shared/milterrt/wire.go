@@ -157,6 +157,8 @@ func (c *session) negotiate(data []byte) error {
 	}
 	proto := c.srv.protocol & offerProto
 	c.proto, c.actions = proto, actionsOf(act)
+	c.srv.log.Debug().Str("session", c.id).Uint32("version", ver).Uint32("actions", uint32(act)).
+		Uint32("protocol", uint32(proto)).Uint32("offered_protocol", uint32(offerProto)).Msg("milter options negotiated")
 	c.queue('O', binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(
 		make([]byte, 0, 12), ver), uint32(act)), uint32(proto)))
 	return c.flush()
