@@ -219,7 +219,8 @@ func (v verdict) String() string {
 // milter socket and returns its verdict. The session is aborted afterwards:
 // only the envelope decision is of interest.
 func decide(socket, sender, rcpt string) (verdict, error) {
-	// The masks Postfix offers: every action, and every stage may be skipped.
+	// A protocol 2 offer: every action, every stage may be skipped, and every
+	// event gets a reply (the verdict is read at each stage).
 	cl := milter.NewClientWithOptions("unix", socket, milter.ClientOptions{
 		ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second,
 		ActionMask: milter.OptAddHeader | milter.OptChangeBody | milter.OptAddRcpt | milter.OptRemoveRcpt |

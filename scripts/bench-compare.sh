@@ -412,6 +412,30 @@ for round in $(seq "$ROUNDS"); do
 	last=$((SECONDS - t))
 done
 
+# --- over TCP, reported apart ------------------------------------------------------------
+# libmilter does not set TCP_NODELAY, so over TCP a C milter's replies can wait
+# for the MTA's delayed ACK (~40 ms a message); Go sets it. Reported apart,
+# never in a ratio: the floors and opendkim on the namespace's loopback.
+TCP_N=$((PROTO_N / 3))
+[ "$TCP_N" -lt 300 ] && TCP_N=300
+sed "s|^Socket .*|Socket inet:8903@127.0.0.1|; s|^PidFile .*|PidFile $work/opendkim-tcp.pid|" "$work/opendkim.conf" > "$work/opendkim-tcp.conf"
+start gomilter-tcp "$BIN" bench noop --impl go-milter --listen inet:127.0.0.1:8901 --stages all
+start noop-tcp env GOMAXPROCS=1 $GM_ENV "$BIN" bench noop --listen inet:127.0.0.1:8902 --stages all
+start opendkim-tcp opendkim -f -x "$work/opendkim-tcp.conf"
+declare -A TCP_PORT=([gomilter-tcp]=8901 [noop-tcp]=8902 [opendkim-tcp]=8903)
+TCP=(gomilter-tcp noop-tcp opendkim-tcp)
+TCP_TSV=$work/tcp.tsv
+: > "$TCP_TSV"
+say "protocol over TCP: $TCP_N transactions each"
+for name in "${TCP[@]}"; do
+	wait_for "$name" 30 nsrun bash -c "exec 2>/dev/null 3<>/dev/tcp/127.0.0.1/${TCP_PORT[$name]}"
+	nsrun "$BIN" bench milter --socket "inet:127.0.0.1:${TCP_PORT[$name]}" -n 100 -c "$PROTO_C" --message "$MSG" --timeout 120s > /dev/null 2>&1
+	out=$(nsrun "$BIN" bench milter --socket "inet:127.0.0.1:${TCP_PORT[$name]}" -n "$TCP_N" -c "$PROTO_C" --message "$MSG" \
+		--json --timeout 120s 2> "$work/log/load-$name.err")
+	printf '%s\t%s\t%s\t%s\n' "$name" "$(echo "$out" | jget per_second)" "$(echo "$out" | jget p50_us)" \
+		"$(echo "$out" | jget p99_us)" >> "$TCP_TSV"
+done
+
 # --- Postfix end to end -----------------------------------------------------------------
 PF=$work/postfix
 mkdir -p "$PF/etc" "$PF/queue" "$PF/data"
@@ -600,6 +624,7 @@ done
 
 # --- report ---------------------------------------------------------------------------
 col() { awk -F'\t' -v n="$1" -v c="$2" '$2 == n {print $c}' "$3" | median; }
+col3() { awk -F'\t' -v n="$1" -v c="$2" '$1 == n {print $c}' "$TCP_TSV"; }
 # ratio_med FILE NAME BASE COL: median over rounds of NAME's figure / BASE's in the same round.
 ratio_med() {
 	awk -F'\t' -v n="$2" -v b="$3" -v c="$4" '$2 == n {x[$1] = $c} $2 == b {y[$1] = $c}
@@ -652,6 +677,17 @@ echo
 echo "Chains over the protocol (sum of per-message CPU): geomilter access+policy+archive+encrypt $(fmt "$(sumcpu access policy archive encrypt)" %.0f) µs"\
 	"(+ redis $(fmt "$(awk -F'\t' '$2 ~ /^(access|policy|archive|encrypt)$/ {s[$1] += $7} END {for (r in s) print s[r]}' "$PROTO_TSV" | median)" %.0f) µs);"\
 	"opendkim+opendmarc $(fmt "$(sumcpu opendkim opendmarc)" %.0f) µs$([ $have_rspamd = 1 ] && echo "; rspamd $(fmt "$(sumcpu rspamd)" %.0f) µs")."
+echo
+echo "### Over TCP on the loopback (reported apart: $TCP_N transactions, $PROTO_C concurrent, one run each)"
+echo
+echo "libmilter does not set TCP_NODELAY, so a C milter's replies can wait for the MTA's delayed ACK; Go sets it. Compare milters on unix sockets (above)."
+echo
+echo "| milter | msgs/s | p50 µs | p99 µs |"
+echo "|---|---:|---:|---:|"
+declare -A TCP_LABEL=([gomilter-tcp]="no-op, go-milter server" [noop-tcp]="no-op, geomilter runtime" [opendkim-tcp]="opendkim (verify)")
+for name in "${TCP[@]}"; do
+	printf '| %s | %s | %s | %s |\n' "${TCP_LABEL[$name]}" "$(fmt "$(col3 "$name" 2)")" "$(fmt "$(col3 "$name" 3)")" "$(fmt "$(col3 "$name" 4)")"
+done
 echo
 echo "### Postfix end to end ($PF_N messages × $pf_rounds rounds, smtp-source -s $PF_S → Postfix → smtp-sink, interleaved)"
 echo

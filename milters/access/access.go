@@ -138,6 +138,18 @@ func (*Milter) Stages() milterrt.Stages {
 	return milterrt.StageConnect | milterrt.StageHelo | milterrt.StageMail | milterrt.StageRcpt
 }
 
+// DecidesAt implements milterrt.Decider, asked at each new milter connection:
+// Postfix waits for a reply at connect and helo only when a current rule can
+// decide there. A rule added during a connection that decides at a stage
+// without reply is answered at the next stage with one (MAIL), as the
+// runtime holds it.
+func (m *Milter) DecidesAt() milterrt.Stages {
+	if an := m.analysisFor(m.snapshot()); an != nil {
+		return an.decides
+	}
+	return milterrt.StageConnect | milterrt.StageHelo | milterrt.StageMail | milterrt.StageRcpt
+}
+
 // Actions implements milterrt.Milter: the quarantine action holds messages;
 // nothing in a message is changed.
 func (*Milter) Actions() milterrt.Actions { return milterrt.MayQuarantine }

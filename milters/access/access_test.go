@@ -451,3 +451,40 @@ func TestNewFromEnv(t *testing.T) {
 		t.Error("no rules view: want an error")
 	}
 }
+
+// TestDecidesAt: Postfix is asked to wait for a reply at connect and helo only
+// when a current rule can decide there; MAIL and RCPT always.
+func TestDecidesAt(t *testing.T) {
+	const env = milterrt.StageConnect | milterrt.StageHelo | milterrt.StageMail | milterrt.StageRcpt
+	cases := []struct {
+		name, rules string
+		want        milterrt.Stages
+	}{
+		{"no rules", `rules: []`, milterrt.StageMail | milterrt.StageRcpt},
+		{"a network rule", `rules: [{id: n, milter: access, scope: global, match: {client_ip: [203.0.113.0/24]}, action: reject}]`,
+			milterrt.StageConnect | milterrt.StageMail | milterrt.StageRcpt},
+		{"a helo rule", `rules: [{id: h, milter: access, scope: global, match: {helo: [bad.example]}, action: reject}]`,
+			milterrt.StageHelo | milterrt.StageMail | milterrt.StageRcpt},
+		{"sender and rate rules", `rules: [{id: s, milter: access, scope: global, match: {sender_domain: [spam.example]}, action: reject},
+  {id: r, milter: access, scope: global, rate: {key: client_ip, limit: 10, per: 1m}, action: tempfail}]`,
+			milterrt.StageMail | milterrt.StageRcpt},
+		{"a tenant's network rule (decided per recipient inbound)", `rules: [{id: t, milter: access, scope: "tenant:acme", match: {client_ip: [203.0.113.0/24]}, action: reject}]`,
+			milterrt.StageMail | milterrt.StageRcpt},
+		{"another milter's network rule", `rules: [{id: p, milter: policy, scope: global, match: {client_ip: [203.0.113.0/24]}, action: reject}]`,
+			milterrt.StageMail | milterrt.StageRcpt},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			snap := compile(t, tc.rules)
+			m := newTestMilter(t, compile(t, "rules: []"), Options{})
+			m.rules.(*rulesync.Holder).Swap(snap)
+			if got := m.DecidesAt(); got != env {
+				t.Errorf("analysis not built yet: DecidesAt = %v, want every envelope stage", got)
+			}
+			waitAnalysis(t, m, snap)
+			if got := m.DecidesAt(); got != tc.want {
+				t.Errorf("DecidesAt = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

@@ -1,6 +1,7 @@
 package access
 
 import (
+	"github.com/geomilter/geomilter/shared/milterrt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -211,6 +212,11 @@ type analysis struct {
 	// inbound, 1 outbound), those evaluated at RCPT.
 	afterConnect, afterHelo shadowIndex
 	afterMail               [2]shadowIndex
+	// decides is where a rule of this set can decide: connect and helo only
+	// when some rule's conditions are all known there (a rule not final at
+	// connect stays not final at helo unless a helo rule exists), MAIL and
+	// RCPT always (relay, sender and rate rules).
+	decides milterrt.Stages
 }
 
 func dirIndex(d rules.Direction) int {
@@ -223,12 +229,18 @@ func dirIndex(d rules.Direction) int {
 // analyse walks the snapshot's access rules once. It copies the rule set
 // (Snapshot.Set), which is why it runs off the mail path.
 func analyse(snap *rules.Snapshot) *analysis {
-	a := &analysis{snap: snap}
+	a := &analysis{snap: snap, decides: milterrt.StageMail | milterrt.StageRcpt}
 	set := snap.Set()
 	for i := range set.Rules {
 		r := &set.Rules[i]
 		if r.Milter != Name || !r.Enabled {
 			continue
+		}
+		switch stageFor(r, rules.DirectionUnknown) {
+		case atConnect:
+			a.decides |= milterrt.StageConnect
+		case atHelo:
+			a.decides |= milterrt.StageHelo
 		}
 		if s := stageFor(r, rules.DirectionUnknown); s > atConnect {
 			a.afterConnect.add(r)

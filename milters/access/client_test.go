@@ -14,10 +14,11 @@ import (
 
 	"github.com/geomilter/geomilter/shared/milterrt"
 	"github.com/geomilter/geomilter/shared/rules"
+	"github.com/geomilter/geomilter/shared/rulesync"
 )
 
-// Client masks must fit milter protocol version 2 (0x3f, 0x7f), which the
-// go-milter server announces, or the client refuses the session.
+// A protocol 2 offer (no "no reply" flags): every envelope event gets a reply,
+// which is what these tests read.
 const (
 	clientActionMask   = milter.OptAddHeader | milter.OptChangeBody | milter.OptAddRcpt | milter.OptRemoveRcpt | milter.OptChangeHeader | milter.OptQuarantine
 	clientProtocolMask = milter.OptNoConnect | milter.OptNoHelo | milter.OptNoMailFrom | milter.OptNoRcptTo | milter.OptNoBody | milter.OptNoHeaders | milter.OptNoEOH
@@ -99,9 +100,16 @@ func (ms *miltServer) wait(t testing.TB, n int) txnRecord {
 
 func (ms *miltServer) dial(t testing.TB) *milter.ClientSession {
 	t.Helper()
+	return ms.dialOffer(t, clientActionMask, clientProtocolMask)
+}
+
+// dialOffer opens a session offering these actions and protocol flags;
+// 0x1ff and 0x1fffff are what Postfix 3.7 offers.
+func (ms *miltServer) dialOffer(t testing.TB, actions milter.OptAction, proto milter.OptProtocol) *milter.ClientSession {
+	t.Helper()
 	cl := milter.NewClientWithOptions(ms.network, ms.addr, milter.ClientOptions{
 		Dialer: &net.Dialer{Timeout: 5 * time.Second}, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
-		ActionMask: clientActionMask, ProtocolMask: clientProtocolMask,
+		ActionMask: actions, ProtocolMask: proto,
 	})
 	s, err := cl.Session()
 	if err != nil {
@@ -232,5 +240,49 @@ func TestClientBlockedNetwork(t *testing.T) {
 	want(t, "conn", milter.ActReplyCode, 554, "5.7.1 Network blocked")(s.Conn("mx.outside.example", milter.FamilyInet, 40000, "203.0.113.9"))
 	if rec := ms.wait(t, 1); rec.Final.RuleID != "bad-net" || rec.FinalStage != milterrt.StageConnect {
 		t.Errorf("trail: %+v", rec)
+	}
+}
+
+// TestClientPostfixOffer: offered what Postfix offers, access asks Postfix not
+// to wait at connect and helo when no rule decides there; a network rule that
+// arrives during the connection is answered at MAIL, the next stage with a
+// reply.
+func TestClientPostfixOffer(t *testing.T) {
+	empty := compile(t, "rules: []")
+	m := newTestMilter(t, empty, Options{})
+	ms := serve(t, m)
+	m.analysisFor(empty)
+	waitAnalysis(t, m, empty)
+	s := ms.dialOffer(t, 0x1ff, 0x1fffff)
+	if !s.ProtocolOption(milter.OptNoConnReply) || !s.ProtocolOption(milter.OptNoHeloReply) ||
+		s.ProtocolOption(milter.OptNoMailReply) || s.ProtocolOption(milter.OptNoRcptReply) {
+		t.Fatalf("negotiated protocol %#x: want no reply at connect and helo only", s.ProtocolOpts)
+	}
+	block := compile(t, `rules: [{id: bad-net, milter: access, scope: global, match: {client_ip: [203.0.113.0/24]}, action: reject, reply: "554 5.7.1 Network blocked"}]`)
+	m.rules.(*rulesync.Holder).Swap(block)
+	waitAnalysis(t, m, block)
+	cont(t, "conn")(s.Conn("mx.outside.example", milter.FamilyInet, 40000, "203.0.113.9")) // no reply read
+	cont(t, "helo")(s.Helo("mx.outside.example"))
+	want(t, "mail", milter.ActReplyCode, 554, "5.7.1 Network blocked")(s.Mail("a@outside.example", nil))
+	if rec := ms.wait(t, 1); rec.Final.RuleID != "bad-net" || rec.FinalStage != milterrt.StageConnect {
+		t.Errorf("trail: %+v", rec)
+	}
+	// New connections now wait at connect.
+	s2 := ms.dialOffer(t, 0x1ff, 0x1fffff)
+	if s2.ProtocolOption(milter.OptNoConnReply) {
+		t.Error("a network rule exists, yet Postfix is told not to wait at connect")
+	}
+	want(t, "conn", milter.ActReplyCode, 554, "5.7.1 Network blocked")(s2.Conn("mx.outside.example", milter.FamilyInet, 40000, "203.0.113.9"))
+}
+
+func waitAnalysis(t testing.TB, m *Milter, snap *rules.Snapshot) {
+	t.Helper()
+	m.analysisFor(snap)
+	deadline := time.Now().Add(10 * time.Second)
+	for a := m.an.Load(); a == nil || a.snap != snap; a = m.an.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("analysis never built")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -35,6 +35,9 @@ type Source interface {
 	Next(ctx context.Context, max int) ([]spool.Record, error)
 	Commit(seq uint64) error
 	Rewind()
+	// SkipCorrupt moves past data after the cursor that no longer verifies
+	// (spool.ErrCorrupt) and returns how many bytes it skipped.
+	SkipCorrupt() (int64, error)
 }
 
 var _ Source = (*spool.Reader)(nil)
@@ -154,6 +157,21 @@ func (d *Drainer) Run(ctx context.Context) error {
 		if err != nil {
 			if errors.Is(err, spool.ErrClosed) {
 				return fmt.Errorf("drain %s: %w", d.sink.Name(), err)
+			}
+			if errors.Is(err, spool.ErrCorrupt) {
+				// Bit rot in fsynced data: retrying would read the same
+				// bytes forever. Skip them; the events in them are lost to
+				// this sink, and said so.
+				n, serr := d.src.SkipCorrupt()
+				if serr == nil && n > 0 {
+					d.m.corrupt.Add(float64(n))
+					log.Error().Err(err).Int64("skipped_bytes", n).
+						Msg("drain: spool data corrupt on disk; skipped it, the trail events in it are lost for this sink")
+					continue
+				}
+				if serr != nil {
+					err = fmt.Errorf("%w (skipping it failed: %v)", err, serr)
+				}
 			}
 			failures++
 			log.Error().Err(err).Msg("drain: reading spool failed; retrying")

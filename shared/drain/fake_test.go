@@ -113,3 +113,6 @@ func runDrainer(t *testing.T, d *Drainer) {
 		}
 	})
 }
+
+// SkipCorrupt: a memSource never holds corrupt data.
+func (m *memSource) SkipCorrupt() (int64, error) { m.Rewind(); return 0, nil }

@@ -10,6 +10,7 @@ type Metrics struct {
 	retrying *prometheus.GaugeVec
 	batches  *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	corrupt  *prometheus.CounterVec
 }
 
 // NewMetrics creates the drain metrics with a constant milter label and
@@ -33,6 +34,10 @@ func NewMetrics(reg prometheus.Registerer, milter string) *Metrics {
 			Name: "geomilter_trail_drain_batches_total", ConstLabels: cl,
 			Help: "Batches acknowledged by the sink.",
 		}, []string{"sink"}),
+		corrupt: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "geomilter_trail_drain_corrupt_skipped_bytes_total", ConstLabels: cl,
+			Help: "Spool bytes that failed their checksum after fsync (bit rot) and were skipped; the events in them did not reach the sink.",
+		}, []string{"sink"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "geomilter_trail_drain_send_duration_seconds", ConstLabels: cl,
 			Help:    "Duration of one batch send, successful or not.",
@@ -40,15 +45,15 @@ func NewMetrics(reg prometheus.Registerer, milter string) *Metrics {
 		}, []string{"sink"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.sent, m.failed, m.retrying, m.batches, m.duration)
+		reg.MustRegister(m.sent, m.failed, m.retrying, m.batches, m.duration, m.corrupt)
 	}
 	return m
 }
 
 type sinkMetrics struct {
-	sent, failed, batches prometheus.Counter
-	retrying              prometheus.Gauge
-	duration              prometheus.Observer
+	sent, failed, batches, corrupt prometheus.Counter
+	retrying                       prometheus.Gauge
+	duration                       prometheus.Observer
 }
 
 func (m *Metrics) forSink(name string) sinkMetrics {
@@ -58,6 +63,7 @@ func (m *Metrics) forSink(name string) sinkMetrics {
 		batches:  m.batches.WithLabelValues(name),
 		retrying: m.retrying.WithLabelValues(name),
 		duration: m.duration.WithLabelValues(name),
+		corrupt:  m.corrupt.WithLabelValues(name),
 	}
 	// Export every series from the start, so a sink that never succeeds
 	// still shows up (with 0) rather than being absent.

@@ -228,18 +228,23 @@ func (d *recDialer) Dial(network, addr string) (net.Conn, error) {
 	return c, err
 }
 
-// Masks must fit version 2 (0x3f, 0x7f) or go-milter's client refuses the
-// server's answer.
+// A protocol 2 offer: every event gets a reply (no "no reply" flags offered).
 const (
 	allActionMask   = milter.OptAddHeader | milter.OptChangeBody | milter.OptAddRcpt | milter.OptRemoveRcpt | milter.OptChangeHeader | milter.OptQuarantine
 	allProtocolMask = milter.OptNoConnect | milter.OptNoHelo | milter.OptNoMailFrom | milter.OptNoRcptTo | milter.OptNoBody | milter.OptNoHeaders | milter.OptNoEOH
 )
 
 func (ts *testServer) dial(t testing.TB) (*client, error) {
+	return ts.dialOffer(allActionMask, allProtocolMask)
+}
+
+// dialOffer opens a client session that offers these actions and protocol
+// flags at negotiation.
+func (ts *testServer) dialOffer(actions milter.OptAction, proto milter.OptProtocol) (*client, error) {
 	d := &recDialer{}
 	cl := milter.NewClientWithOptions(ts.network, ts.addr, milter.ClientOptions{
 		Dialer: d, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
-		ActionMask: allActionMask, ProtocolMask: allProtocolMask,
+		ActionMask: actions, ProtocolMask: proto,
 	})
 	s, err := cl.Session()
 	if err != nil {

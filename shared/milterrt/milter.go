@@ -33,7 +33,9 @@ type Milter interface {
 // connect and helo), and the held decision is the answer at the next stage
 // that has a reply, at the latest at end of message. A milter that rejects
 // recipients one by one must therefore list StageRcpt. A milter that does not
-// implement Decider decides at every envelope stage it lists.
+// implement Decider decides at every envelope stage it lists. DecidesAt is
+// called at each new milter connection (it may follow the milter's rules),
+// on that connection's goroutine: it must be quick and safe for concurrent use.
 type Decider interface {
 	DecidesAt() Stages
 }

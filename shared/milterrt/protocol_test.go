@@ -22,20 +22,12 @@ const (
 
 func (ts *testServer) dialV6(t testing.TB, actions milter.OptAction, proto milter.OptProtocol) *client {
 	t.Helper()
-	d := &recDialer{}
-	cl := milter.NewClientWithOptions(ts.network, ts.addr, milter.ClientOptions{
-		Dialer: d, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
-		ActionMask: actions, ProtocolMask: proto,
-	})
-	s, err := cl.Session()
+	c, err := ts.dialOffer(actions, proto)
 	if err != nil {
-		if d.conn != nil {
-			d.conn.Close()
-		}
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { d.conn.Close() })
-	return &client{ClientSession: s, conn: d.conn}
+	t.Cleanup(func() { c.conn.Close() })
+	return c
 }
 
 // deciding is a test milter that decides only at the stages it says.

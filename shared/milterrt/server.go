@@ -99,12 +99,18 @@ func New(m Milter, opts Options) *Server {
 		listeners: make(map[*listener]struct{}),
 		sessions:  make(map[*session]struct{}),
 	}
-	decides := envelopeStages | StageEOM
-	if d, ok := m.(Decider); ok {
-		decides = d.DecidesAt()&envelopeStages | StageEOM
-	}
-	s.protocol = s.stages.protocol(decides)
+	s.protocol = s.stages.protocol(envelopeStages)
 	return s
+}
+
+// protocolFor returns the protocol flags to ask for on a new connection: a
+// Decider is asked where it decides at each negotiation, so that what it says
+// can follow its rules.
+func (s *Server) protocolFor() milter.OptProtocol {
+	if d, ok := s.m.(Decider); ok {
+		return s.stages.protocol(d.DecidesAt() & envelopeStages)
+	}
+	return s.protocol
 }
 
 // Serve accepts milter connections on ln until Shutdown (then it returns

@@ -49,6 +49,7 @@ type session struct {
 	// (see Decider): held for the transaction, connHeld for the connection.
 	held, connHeld           *Decision
 	heldStage, connHeldStage Stages
+	fromHeld                 Stages   // the decision run returned last was held at this stage (0: a fresh one)
 	macroCmd                 byte     // command of the macros received last
 	macros                   []string // name, value, …: merged at that command's event
 	connMacros               map[string]string
@@ -140,7 +141,9 @@ func (c *session) run(stage Stages, fn func() Decision) (d Decision) {
 		c.srv.met.decision(stage, d.Action)
 		return d
 	}
-	if held, _, ok := c.heldDecision(txnStage); ok {
+	c.fromHeld = 0
+	if held, at, ok := c.heldDecision(txnStage); ok {
+		c.fromHeld = at
 		return held // counted in metrics where it was decided
 	}
 	start := time.Now()
@@ -281,6 +284,9 @@ func (c *session) afterReply(werr error) {
 // decideAfter records the final decision; the transaction ends once the reply
 // is written, so OnTransaction never runs before Postfix has the answer.
 func (c *session) decideAfter(stage Stages, d Decision, callAbort bool) {
+	if c.fromHeld != 0 {
+		stage = c.fromHeld // a held decision is reported where it was made
+	}
 	c.st.Final, c.st.FinalStage = d, stage
 	c.endAfter, c.abortAfter = true, callAbort
 }
@@ -532,14 +538,10 @@ func (c *session) onBody(chunk []byte) *response {
 
 func (c *session) onEOM() *response {
 	c.beginTxnEvent()
-	stage := StageEOM
-	if _, at, ok := c.heldDecision(true); ok {
-		stage = at
-	}
 	md := &modifier{c: c, allowed: c.srv.actions & c.actions}
 	d := c.run(StageEOM, func() Decision { return c.impl.EndOfMessage(&c.st, md) })
 	d = c.finalEOM(d, md)
-	c.decideAfter(stage, d, false)
+	c.decideAfter(StageEOM, d, false)
 	return c.reply(toResponse(StageEOM, d))
 }
 

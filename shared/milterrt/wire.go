@@ -155,7 +155,7 @@ func (c *session) negotiate(data []byte) error {
 		c.srv.log.Warn().Str("session", c.id).Uint32("wanted", uint32(want)).Uint32("offered", uint32(offerAct)).
 			Msg("MTA does not offer every modification this milter uses; those calls will fail")
 	}
-	proto := c.srv.protocol & offerProto
+	proto := c.srv.protocolFor() & offerProto
 	c.proto, c.actions = proto, actionsOf(act)
 	c.srv.log.Debug().Str("session", c.id).Uint32("version", ver).Uint32("actions", uint32(act)).
 		Uint32("protocol", uint32(proto)).Uint32("offered_protocol", uint32(offerProto)).Msg("milter options negotiated")

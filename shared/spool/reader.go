@@ -2,6 +2,7 @@ package spool
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -47,6 +48,8 @@ type Reader struct {
 	buf     []byte // bytes of bufSeg from offset bufOff
 	bufSeg  *segment
 	bufOff  int64
+
+	skips []skipped // corrupt ranges stepped over (SkipCorrupt)
 }
 
 // fallbackPoll bounds a wait in Next should a notification ever be missed.
@@ -95,6 +98,7 @@ func (r *Reader) read(max int) (out []Record, wait <-chan struct{}, err error) {
 			return nil, nil, fmt.Errorf("spool %s: %w", s.opts.Dir, ErrClosed)
 		}
 		wait = s.notify
+		r.jumpSkipped()
 		r.seg, r.off = s.normalizeLocked(r.seg, r.off)
 		limit := r.seg.durable
 		s.mu.Unlock()
@@ -102,6 +106,9 @@ func (r *Reader) read(max int) (out []Record, wait <-chan struct{}, err error) {
 			break
 		}
 		for len(out) < max && r.off < limit {
+			if r.jumpSkipped(); r.off >= limit {
+				break
+			}
 			rec, n, err := r.decode(limit)
 			if err != nil {
 				if len(out) > 0 {
@@ -273,6 +280,82 @@ func (r *Reader) timeAt(seg *segment, off int64, fallback int64) int64 {
 		return fallback
 	}
 	return h.ts
+}
+
+// SkipCorrupt moves this sink past data that no longer verifies at the point
+// where Next stopped with ErrCorrupt: bit rot in fsynced data. If the record
+// there verifies it changes nothing and returns 0. Otherwise it scans forward
+// for the next record that verifies (its CRC-32C, a Seq above the last one
+// read), or to the end of the segment's fsynced data, and returns the bytes
+// skipped: the records in them are lost to this sink, which the caller
+// reports. The reader remembers the skip, so a Rewind does not meet the same
+// bytes again; a restart before a later Commit does, and skips them again.
+func (r *Reader) SkipCorrupt() (int64, error) {
+	s := r.s
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return 0, fmt.Errorf("spool %s: %w", s.opts.Dir, ErrClosed)
+	}
+	r.seg, r.off = s.normalizeLocked(r.seg, r.off)
+	limit := r.seg.durable
+	s.mu.Unlock()
+	if r.off >= limit {
+		return 0, nil
+	}
+	_, _, err := r.decode(limit)
+	if err == nil {
+		return 0, nil
+	}
+	if !errors.Is(err, ErrCorrupt) {
+		return 0, err // an I/O error: nothing known to be corrupt
+	}
+	start := r.off
+	for off := start + 1; off+recHeaderLen <= limit; off++ {
+		b, err := r.bytesAt(off, recHeaderLen, limit)
+		if err != nil {
+			break
+		}
+		h, err := parseHeader(b)
+		if err != nil || h.seq <= r.lastSeq || off+recHeaderLen+int64(h.length) > limit {
+			continue
+		}
+		r.off = off
+		if _, _, err := r.decode(limit); err == nil {
+			r.remember(start, off)
+			return off - start, nil
+		}
+	}
+	r.off = limit // nothing verifies up to the fsynced end; Next goes on from there
+	r.remember(start, limit)
+	return limit - start, nil
+}
+
+// skipped is a range of a segment SkipCorrupt stepped over.
+type skipped struct {
+	seg      *segment
+	from, to int64
+}
+
+// maxSkips bounds the remembered ranges; older ones lie behind the cursor.
+const maxSkips = 16
+
+func (r *Reader) remember(from, to int64) {
+	if len(r.skips) == maxSkips {
+		r.skips = append(r.skips[:0], r.skips[1:]...)
+	}
+	r.skips = append(r.skips, skipped{r.seg, from, to})
+}
+
+// jumpSkipped moves the read position over a range skipped before.
+func (r *Reader) jumpSkipped() {
+	for _, sk := range r.skips {
+		if sk.seg == r.seg && sk.from == r.off {
+			r.off = sk.to
+		}
+	}
 }
 
 // Rewind makes the next Next start again just after the committed cursor,
