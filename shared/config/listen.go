@@ -1,11 +1,14 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/geomilter/geomilter/shared/milterrt"
 )
 
 // maxUnixPath is the longest socket path the kernel takes (sun_path is 108
@@ -14,30 +17,43 @@ const maxUnixPath = 107
 
 // ParseListen parses a milter socket in Postfix notation, "unix:/abs/path"
 // or "inet:host:port" (IPv6 hosts in brackets: "inet:[::1]:8891"), into
-// arguments for net.Listen / net.Dial: network "unix" or "tcp". Port 0 is
+// arguments for net.Listen / net.Dial: network "unix" or "tcp". The notation
+// is milterrt.ParseAddress's; a config also requires an absolute path that
+// fits a unix socket, an explicit valid host, and no other kinds. Port 0 is
 // accepted so tests can ask for a free port.
 func ParseListen(s string) (network, address string, err error) {
-	kind, rest, ok := strings.Cut(s, ":")
-	if !ok {
-		return "", "", fmt.Errorf("invalid socket %q: want unix:/path or inet:host:port", s)
+	sp, err := milterrt.ParseAddress(s)
+	if err == nil {
+		err = checkListen(sp)
 	}
-	switch kind {
+	if err != nil {
+		return "", "", fmt.Errorf("invalid socket %q: %v", s, err)
+	}
+	return sp.Network, sp.Address, nil
+}
+
+func checkListen(sp milterrt.Spec) error {
+	switch sp.Kind {
 	case "unix":
-		if !filepath.IsAbs(rest) {
-			return "", "", fmt.Errorf("invalid socket %q: the unix socket path must be absolute", s)
+		if !filepath.IsAbs(sp.Address) {
+			return errors.New("the unix socket path must be absolute")
 		}
-		if len(rest) > maxUnixPath {
-			return "", "", fmt.Errorf("invalid socket %q: the unix socket path is longer than %d bytes", s, maxUnixPath)
+		if len(sp.Address) > maxUnixPath {
+			return fmt.Errorf("the unix socket path is longer than %d bytes", maxUnixPath)
 		}
-		return "unix", rest, nil
 	case "inet":
-		addr, err := hostPort(rest, true)
-		if err != nil {
-			return "", "", fmt.Errorf("invalid socket %q: %v (want inet:host:port, IPv6 as inet:[::1]:port)", s, err)
+		// Listening on every interface must be asked for explicitly (0.0.0.0
+		// or [::]), never by leaving the host out.
+		if sp.Host == "" {
+			return errors.New("the host is missing")
 		}
-		return "tcp", addr, nil
+		if !validHost(sp.Host) {
+			return fmt.Errorf("invalid host %q", sp.Host)
+		}
+	default:
+		return fmt.Errorf("unknown type %q, want unix:/path or inet:host:port", sp.Kind)
 	}
-	return "", "", fmt.Errorf("invalid socket %q: unknown type %q, want unix:/path or inet:host:port", s, kind)
+	return nil
 }
 
 // hostPort checks a "host:port" address and returns it normalised. The host

@@ -18,39 +18,54 @@ import (
 // user must be in the milter's group.
 const SocketMode = 0o660
 
-// ParseSpec turns Postfix's milter notation into a network and address for
-// net.Dial/net.Listen: "unix:/path" (also "local:/path") → ("unix", "/path");
-// "inet:host:port" and "inet:[::1]:port" → ("tcp", "host:port").
-func ParseSpec(spec string) (network, address string, err error) {
+// Spec is a milter address in Postfix's notation, parsed.
+type Spec struct {
+	Kind    string // as written: unix, local, inet, inet4 or inet6
+	Network string // for net.Dial and net.Listen: unix, tcp, tcp4 or tcp6
+	Address string // the socket path, or host:port (the port without leading zeros)
+	Host    string // inet kinds only; "" when left out
+}
+
+// ParseAddress is the one parser of Postfix's milter notation: "unix:/path"
+// (also "local:/path"), "inet:host:port", "inet:[::1]:port", "inet4:…" and
+// "inet6:…". It checks the syntax only; config.ParseListen adds what a
+// geomilter config requires. Its errors say what is wrong without repeating
+// spec.
+func ParseAddress(spec string) (Spec, error) {
 	kind, rest, ok := strings.Cut(spec, ":")
 	if !ok {
-		return "", "", fmt.Errorf("milter address %q: want unix:/path or inet:host:port", spec)
+		return Spec{}, errors.New("want unix:/path or inet:host:port")
 	}
 	switch kind {
 	case "unix", "local":
 		if rest == "" {
-			return "", "", fmt.Errorf("milter address %q: empty socket path", spec)
+			return Spec{}, errors.New("empty socket path")
 		}
-		return "unix", rest, nil
+		return Spec{Kind: kind, Network: "unix", Address: rest}, nil
 	case "inet", "inet4", "inet6":
 		host, port, err := net.SplitHostPort(rest)
 		if err != nil {
-			return "", "", fmt.Errorf("milter address %q: want inet:host:port (inet:[::1]:port for IPv6): %v", spec, err)
+			return Spec{}, fmt.Errorf("not host:port: %s (want inet:host:port, IPv6 as inet:[::1]:port)",
+				strings.TrimPrefix(err.Error(), "address "+rest+": "))
 		}
-		if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-			return "", "", fmt.Errorf("milter address %q: bad port %q", spec, port)
+		n, err := strconv.Atoi(port)
+		if err != nil || n < 0 || n > 65535 {
+			return Spec{}, fmt.Errorf("invalid port %q", port)
 		}
-		network := "tcp"
-		switch kind {
-		case "inet4":
-			network = "tcp4"
-		case "inet6":
-			network = "tcp6"
-		}
-		return network, net.JoinHostPort(host, port), nil
-	default:
-		return "", "", fmt.Errorf("milter address %q: unknown kind %q, want unix: or inet:", spec, kind)
+		network := map[string]string{"inet": "tcp", "inet4": "tcp4", "inet6": "tcp6"}[kind]
+		return Spec{Kind: kind, Network: network, Address: net.JoinHostPort(host, strconv.Itoa(n)), Host: host}, nil
 	}
+	return Spec{}, fmt.Errorf("unknown type %q, want unix:/path or inet:host:port", kind)
+}
+
+// ParseSpec turns Postfix's milter notation into a network and address for
+// net.Dial and net.Listen (see ParseAddress).
+func ParseSpec(spec string) (network, address string, err error) {
+	sp, err := ParseAddress(spec)
+	if err != nil {
+		return "", "", fmt.Errorf("milter address %q: %w", spec, err)
+	}
+	return sp.Network, sp.Address, nil
 }
 
 // Listen opens a listener for a Postfix milter address (see ParseSpec).

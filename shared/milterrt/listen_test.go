@@ -21,9 +21,10 @@ func TestParseSpec(t *testing.T) {
 		{"unix:", "", "", "empty socket path"},
 		{"inet:127.0.0.1", "", "", "want inet:host:port"},
 		{"inet:::1:25", "", "", "want inet:host:port"},
-		{"inet:host:http", "", "", "bad port"},
-		{"inet:host:70000", "", "", "bad port"},
-		{"tcp:127.0.0.1:25", "", "", "unknown kind"},
+		{"inet:host:http", "", "", `invalid port "http"`},
+		{"inet:host:70000", "", "", `invalid port "70000"`},
+		{"inet:127.0.0.1:025", "tcp", "127.0.0.1:25", ""},
+		{"tcp:127.0.0.1:25", "", "", `unknown type "tcp"`},
 		{"/run/x.sock", "", "", "want unix:/path"},
 	}
 	for _, tc := range cases {
