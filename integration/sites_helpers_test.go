@@ -2,7 +2,6 @@ package integration
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -20,12 +19,6 @@ import (
 	"github.com/emersion/go-milter"
 
 	"github.com/geomilter/geomilter/shared/redistest"
-)
-
-// Replication settings short enough that a cut is noticed within seconds.
-var (
-	sitePrimaryConf = []string{"repl-ping-replica-period 1", "repl-timeout 3", "repl-backlog-size 1mb"}
-	siteReplicaConf = []string{"repl-timeout 3", "replica-serve-stale-data yes", "repl-diskless-load swapdb"}
 )
 
 // msite is one site of a multi-site topology: its Redis primary, a local
@@ -53,22 +46,8 @@ type topology struct {
 func startTopology(t testing.TB, redisTimeout string, names ...string) *topology {
 	t.Helper()
 	tp := &topology{names: names, sites: map[string]*msite{}}
-	for _, n := range names {
-		tp.sites[n] = &msite{name: n, replicas: map[string]*redistest.Server{},
-			primary: redistest.Start(t, redistest.WithConfig(sitePrimaryConf...))}
-	}
-	for _, n := range names {
-		for _, p := range names {
-			if p != n {
-				tp.sites[n].replicas[p] = redistest.Start(t, redistest.WithReplicaOf(tp.sites[p].primary.Addr),
-					redistest.WithConfig(siteReplicaConf...))
-			}
-		}
-	}
-	for _, s := range tp.sites {
-		for p, r := range s.replicas {
-			waitLinkUp(t, fmt.Sprintf("%s's copy of %s", s.name, p), r)
-		}
+	for n, rs := range redistest.Sites(t, names...) {
+		tp.sites[n] = &msite{name: n, primary: rs.Primary, replicas: rs.Replicas}
 	}
 	for _, n := range names {
 		s := tp.sites[n]
@@ -78,17 +57,6 @@ func startTopology(t testing.TB, redisTimeout string, names ...string) *topology
 		tp.sites[n].proc = tp.sites[n].site.start(t)
 	}
 	return tp
-}
-
-func waitLinkUp(t testing.TB, what string, r *redistest.Server) {
-	t.Helper()
-	c := r.Client()
-	waitFor(t, 20*time.Second, what+" in sync", func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		info, err := c.Info(ctx, "replication").Result()
-		return err == nil && strings.Contains(info, "master_link_status:up")
-	})
 }
 
 func writeSiteConfig(t testing.TB, s *msite, redisTimeout string) *site {

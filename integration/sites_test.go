@@ -100,8 +100,8 @@ func TestThreeSitesRules(t *testing.T) {
 		}
 		a.primary.Resume()
 		paused = false
-		waitLinkUp(t, "b's copy of a", b.replicas["a"])
-		waitLinkUp(t, "c's copy of a", c.replicas["a"])
+		b.replicas["a"].WaitLinkUp(t, "b's copy of a")
+		c.replicas["a"].WaitLinkUp(t, "c's copy of a")
 		list := waitSameLists(t, tp, converge)
 		if !strings.Contains(list, "cut-b") || !strings.Contains(list, "prop-19") {
 			t.Fatalf("merged view after the cut:\n%s", list)

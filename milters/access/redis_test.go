@@ -2,7 +2,6 @@ package access
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -54,20 +53,6 @@ func poll(t *testing.T, what string, f func() error) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-func waitLinkUp(t *testing.T, r *redistest.Server) {
-	t.Helper()
-	poll(t, "replica link up", func() error {
-		info, err := r.Client().Info(context.Background(), "replication").Result()
-		if err != nil {
-			return err
-		}
-		if !strings.Contains(info, "master_link_status:up") {
-			return errors.New("link down")
-		}
-		return nil
-	})
 }
 
 // replicated waits until the primary's one replica has every write so far.
@@ -131,13 +116,9 @@ func TestRateRedis(t *testing.T) {
 // the N+1st message counted across both. A dark peer replica degrades the
 // count (its last known value is used) without holding mail.
 func TestRateTwoSites(t *testing.T) {
-	conf := []string{"repl-ping-replica-period 1", "repl-timeout 3"}
-	laxP := redistest.Start(t, redistest.WithConfig(conf...))
-	dalP := redistest.Start(t, redistest.WithConfig(conf...))
-	dalAtLax := redistest.Start(t, redistest.WithReplicaOf(dalP.Addr), redistest.WithConfig("replica-serve-stale-data yes"))
-	laxAtDal := redistest.Start(t, redistest.WithReplicaOf(laxP.Addr), redistest.WithConfig("replica-serve-stale-data yes"))
-	waitLinkUp(t, dalAtLax)
-	waitLinkUp(t, laxAtDal)
+	sites := redistest.Sites(t, "lax", "dal")
+	laxP, dalP := sites["lax"].Primary, sites["dal"].Primary
+	dalAtLax, laxAtDal := sites["lax"].Replicas["dal"], sites["dal"].Replicas["lax"]
 	lax := openStore(t, "lax", laxP.Addr, map[string]string{"dal": dalAtLax.Addr})
 	dal := openStore(t, "dal", dalP.Addr, map[string]string{"lax": laxAtDal.Addr})
 	snap := rateSnapshot(t, 4)

@@ -56,12 +56,6 @@ type site struct {
 	clock    *clock
 }
 
-// replication settings short enough that a cut is noticed within seconds.
-var (
-	primaryConf = []string{"repl-ping-replica-period 1", "repl-timeout 3", "repl-backlog-size 1mb"}
-	replicaConf = []string{"repl-timeout 3", "replica-serve-stale-data yes", "repl-diskless-load swapdb"}
-)
-
 // startSites starts, for each name, a primary plus a replica of every other
 // site's primary, waits for every replica to sync, and opens the stores.
 func startSites(t *testing.T, names ...string) map[string]*site {
@@ -70,22 +64,8 @@ func startSites(t *testing.T, names ...string) map[string]*site {
 	// Far in the future: absolute expiries computed from this clock (set
 	// members) must lie ahead of the real clock Redis expires keys by.
 	start := time.Date(2100, 1, 1, 0, 30, 0, 0, time.UTC)
-	for _, n := range names {
-		sites[n] = &site{name: n, replicas: map[string]*redistest.Server{}, clock: &clock{t: start},
-			primary: redistest.Start(t, redistest.WithConfig(primaryConf...))}
-	}
-	for _, n := range names {
-		for _, p := range names {
-			if p != n {
-				sites[n].replicas[p] = redistest.Start(t, redistest.WithReplicaOf(sites[p].primary.Addr),
-					redistest.WithConfig(replicaConf...))
-			}
-		}
-	}
-	for _, s := range sites {
-		for p, r := range s.replicas {
-			waitLinkUp(t, fmt.Sprintf("%s's replica of %s", s.name, p), r)
-		}
+	for n, rs := range redistest.Sites(t, names...) {
+		sites[n] = &site{name: n, primary: rs.Primary, replicas: rs.Replicas, clock: &clock{t: start}}
 	}
 	for _, s := range sites {
 		peers := map[string]state.InstanceConfig{}
@@ -104,21 +84,6 @@ func startSites(t *testing.T, names ...string) map[string]*site {
 		s.store = st
 	}
 	return sites
-}
-
-func waitLinkUp(t *testing.T, what string, r *redistest.Server) {
-	t.Helper()
-	c := r.Client()
-	poll(t, what+" in sync", func() error {
-		info, err := c.Info(context.Background(), "replication").Result()
-		if err != nil {
-			return err
-		}
-		if !strings.Contains(info, "master_link_status:up") {
-			return errors.New("link not up")
-		}
-		return nil
-	})
 }
 
 // poll retries f until it returns nil or the settle deadline passes.
