@@ -131,21 +131,7 @@ func serveGoMilterNoop(ctx context.Context, listen string, stages milterrt.Stage
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", listen, err)
 	}
-	var skip milter.OptProtocol
-	for _, x := range []struct {
-		st  milterrt.Stages
-		opt milter.OptProtocol
-	}{
-		{milterrt.StageConnect, milter.OptNoConnect}, {milterrt.StageHelo, milter.OptNoHelo},
-		{milterrt.StageMail, milter.OptNoMailFrom}, {milterrt.StageRcpt, milter.OptNoRcptTo},
-		{milterrt.StageHeaders, milter.OptNoHeaders}, {milterrt.StageEOH, milter.OptNoEOH},
-		{milterrt.StageBody, milter.OptNoBody},
-	} {
-		if stages&x.st == 0 {
-			skip |= x.opt
-		}
-	}
-	srv := &milter.Server{NewMilter: func() milter.Milter { return goMilterNoop{} }, Protocol: skip}
+	srv := &milter.Server{NewMilter: func() milter.Milter { return goMilterNoop{} }, Protocol: stages.SkipFlags()}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	fmt.Fprintf(stderr, "bench noop: go-milter server on %s, stages %s\n", listen, stages)

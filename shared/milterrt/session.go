@@ -388,10 +388,7 @@ func (c *session) serve() {
 				return
 			}
 		case event:
-			if err := c.flush(); err != nil { // nothing queued normally; keep the output empty
-				return
-			}
-			c.idle()
+			c.idle() // no reply: modifications are queued only at end of message, which has one
 		}
 		if code == byte(milter.CodeQuit) || code == byte(milter.CodeQuitNewConn) {
 			return
@@ -412,11 +409,11 @@ func (c *session) dispatch(code byte, data []byte) (r *response, event bool, err
 	case milter.CodeOptNeg:
 		return nil, false, c.negotiate(data)
 	case milter.CodeMacro:
-		cmd, kv, err := macroPairs(data)
+		cmd, kv, err := macroPairs(c.macros[:0], data)
 		if err != nil {
 			return nil, false, err
 		}
-		c.macroCmd, c.macros = cmd, append(c.macros[:0], kv...)
+		c.macroCmd, c.macros = cmd, kv
 		return nil, false, nil
 	case milter.CodeConn:
 		ci, err := parseConnect(data)
@@ -569,14 +566,13 @@ func (c *session) finalEOM(d Decision, md *modifier) Decision {
 		return d
 	}
 	if md.quarantined == "" {
-		if md.allowed&MayQuarantine == 0 {
+		if err := md.Quarantine(reason); err != nil {
 			// A programming error in the milter: keep the message rather than
 			// deliver what was meant to be held.
-			c.srv.log.Error().Str("session", c.id).Str("txn", c.st.TxnID).
+			c.srv.log.Error().Str("session", c.id).Str("txn", c.st.TxnID).Err(err).
 				Msg("quarantine decided but MayQuarantine not in Actions() or not offered by the MTA; answering tempfail")
 			return TempFail("451", "4.3.0", "Temporary failure").WithReason("quarantine not negotiated").normalised()
 		}
-		md.c.queue(byte(milter.ActQuarantine), []byte(reason), nul)
 	}
 	d.Action, d.QuarantineReason = ActionQuarantine, reason
 	return d

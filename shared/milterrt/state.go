@@ -80,13 +80,22 @@ var stageFlags = []struct {
 // reply at the stages of s not in decides (the MTA then does not wait). The
 // MTA grants the subset it offers.
 func (s Stages) protocol(decides Stages) milter.OptProtocol {
-	p := milter.OptNoData | milter.OptNoUnknown
+	p := milter.OptNoData | milter.OptNoUnknown | s.SkipFlags()
 	for _, x := range stageFlags {
-		switch {
-		case s&x.st == 0:
-			p |= x.skip
-		case decides&x.st == 0:
+		if s&x.st != 0 && decides&x.st == 0 {
 			p |= x.noRepl
+		}
+	}
+	return p
+}
+
+// SkipFlags returns the protocol flags (SMFIP_NOCONNECT …, all known to
+// protocol 2) that skip every stage not in s.
+func (s Stages) SkipFlags() milter.OptProtocol {
+	var p milter.OptProtocol
+	for _, x := range stageFlags {
+		if s&x.st == 0 {
+			p |= x.skip
 		}
 	}
 	return p
@@ -116,25 +125,22 @@ const (
 	MayChangeBody                       // Modifier.ReplaceBody
 )
 
+// actionFlags pairs each Actions bit with its SMFIF_* flag.
+var actionFlags = []struct {
+	a Actions
+	o milter.OptAction
+}{
+	{MayAddHeader, milter.OptAddHeader}, {MayChangeHeader, milter.OptChangeHeader},
+	{MayQuarantine, milter.OptQuarantine}, {MayAddRcpt, milter.OptAddRcpt},
+	{MayDelRcpt, milter.OptRemoveRcpt}, {MayChangeBody, milter.OptChangeBody},
+}
+
 func (a Actions) optAction() milter.OptAction {
 	var o milter.OptAction
-	if a&MayAddHeader != 0 {
-		o |= milter.OptAddHeader
-	}
-	if a&MayChangeHeader != 0 {
-		o |= milter.OptChangeHeader
-	}
-	if a&MayQuarantine != 0 {
-		o |= milter.OptQuarantine
-	}
-	if a&MayAddRcpt != 0 {
-		o |= milter.OptAddRcpt
-	}
-	if a&MayDelRcpt != 0 {
-		o |= milter.OptRemoveRcpt
-	}
-	if a&MayChangeBody != 0 {
-		o |= milter.OptChangeBody
+	for _, x := range actionFlags {
+		if a&x.a != 0 {
+			o |= x.o
+		}
 	}
 	return o
 }
@@ -142,14 +148,7 @@ func (a Actions) optAction() milter.OptAction {
 // actionsOf is the inverse of optAction for the bits it knows.
 func actionsOf(o milter.OptAction) Actions {
 	var a Actions
-	for _, x := range []struct {
-		a Actions
-		o milter.OptAction
-	}{
-		{MayAddHeader, milter.OptAddHeader}, {MayChangeHeader, milter.OptChangeHeader},
-		{MayQuarantine, milter.OptQuarantine}, {MayAddRcpt, milter.OptAddRcpt},
-		{MayDelRcpt, milter.OptRemoveRcpt}, {MayChangeBody, milter.OptChangeBody},
-	} {
+	for _, x := range actionFlags {
 		if o&x.o != 0 {
 			a |= x.a
 		}

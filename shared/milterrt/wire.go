@@ -3,7 +3,6 @@ package milterrt
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -236,27 +235,22 @@ func addrArg(data []byte) string {
 	return strings.Trim(a, "<>")
 }
 
-// macroPairs decodes SMFIC_MACRO: the command the macros belong to, then
-// name/value pairs. A name without value gets "".
-func macroPairs(data []byte) (byte, []string, error) {
+// macroPairs decodes SMFIC_MACRO into kv (appended, as name, value, …): the
+// command the macros belong to, then name/value pairs. A name without value
+// gets "".
+func macroPairs(kv []string, data []byte) (byte, []string, error) {
 	if len(data) == 0 {
-		return 0, nil, protoErrorf("macro packet without command")
+		return 0, kv, protoErrorf("macro packet without command")
 	}
 	cmd, rest := data[0], data[1:]
-	var kv []string
+	n := len(kv)
 	for len(rest) > 0 {
 		var s string
 		s, rest = cstring(rest)
 		kv = append(kv, s)
 	}
-	if len(kv)%2 == 1 {
+	if (len(kv)-n)%2 == 1 {
 		kv = append(kv, "")
 	}
 	return cmd, kv, nil
-}
-
-// isClosedConn reports errors that only mean the peer or Shutdown closed the
-// connection.
-func isClosedConn(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed)
 }
