@@ -60,20 +60,11 @@ func (t *tool) rulesApply(ctx context.Context, args []string) int {
 		return ExitOK
 	}
 
-	st, err := t.openStore()
-	if err != nil {
-		t.errorf("%v", err)
+	st, merged, ok := t.openMerged(ctx)
+	if !ok {
 		return ExitProblems
 	}
 	defer st.Close()
-	merged, srcs, err := st.LoadRules(ctx)
-	if err != nil && !errors.Is(err, state.ErrUnavailable) {
-		t.errorf("load rules: %v", err)
-		return ExitProblems
-	}
-	if !t.checkSources(srcs, st.Site()) {
-		return ExitProblems
-	}
 
 	changes := diff(merged, docs, *prune)
 	if msgs := newConflicts(merged, changes); len(msgs) > 0 {
@@ -276,21 +267,34 @@ func (t *tool) loadView(ctx context.Context) (map[string]state.RuleDoc, bool) {
 		}
 		return m, true
 	}
+	st, merged, ok := t.openMerged(ctx)
+	if !ok {
+		return nil, false
+	}
+	st.Close()
+	return merged, true
+}
+
+// openMerged opens the site's store and reads the merged rules of every site
+// it can reach, refusing (ok false, the error said) when the sources are not
+// good enough to act on. The caller closes the store.
+func (t *tool) openMerged(ctx context.Context) (st *state.Store, merged map[string]state.RuleDoc, ok bool) {
 	st, err := t.openStore()
 	if err != nil {
 		t.errorf("%v", err)
-		return nil, false
+		return nil, nil, false
 	}
-	defer st.Close()
 	merged, srcs, err := st.LoadRules(ctx)
 	if err != nil && !errors.Is(err, state.ErrUnavailable) {
 		t.errorf("load rules: %v", err)
-		return nil, false
+		st.Close()
+		return nil, nil, false
 	}
 	if !t.checkSources(srcs, st.Site()) {
-		return nil, false
+		st.Close()
+		return nil, nil, false
 	}
-	return merged, true
+	return st, merged, true
 }
 
 // viewCommand is the common start of the read-only rules commands, which take
@@ -362,20 +366,11 @@ func (t *tool) rulesDelete(ctx context.Context, args []string) int {
 		t.errorf("standalone mode: the rules are in rules_file (%s); edit it and send SIGHUP to the milters", t.cfg.RulesFile)
 		return ExitProblems
 	}
-	st, err := t.openStore()
-	if err != nil {
-		t.errorf("%v", err)
+	st, merged, ok := t.openMerged(ctx)
+	if !ok {
 		return ExitProblems
 	}
 	defer st.Close()
-	merged, srcs, err := st.LoadRules(ctx)
-	if err != nil && !errors.Is(err, state.ErrUnavailable) {
-		t.errorf("load rules: %v", err)
-		return ExitProblems
-	}
-	if !t.checkSources(srcs, st.Site()) {
-		return ExitProblems
-	}
 	var changes []change
 	var unknown []string
 	seen := map[string]bool{}
