@@ -83,7 +83,10 @@ type Milter struct {
 	building *rules.Snapshot // snapshot whose analysis is being built
 }
 
-var _ milterrt.Milter = (*Milter)(nil)
+var (
+	_ milterrt.Milter  = (*Milter)(nil)
+	_ milterrt.Decider = (*Milter)(nil)
+)
 
 // New builds the access milter from the process environment: rules from
 // env.Rules, rate counters in env.Store (nil: standalone, memory only) with
@@ -150,9 +153,9 @@ func (m *Milter) DecidesAt() milterrt.Stages {
 	return milterrt.StageConnect | milterrt.StageHelo | milterrt.StageMail | milterrt.StageRcpt
 }
 
-// Actions implements milterrt.Milter: the quarantine action holds messages;
+// Modifications implements milterrt.Milter: the quarantine action holds messages;
 // nothing in a message is changed.
-func (*Milter) Actions() milterrt.Actions { return milterrt.MayQuarantine }
+func (*Milter) Modifications() milterrt.Modifications { return milterrt.MayQuarantine }
 
 // NewSession implements milterrt.Milter.
 func (m *Milter) NewSession(*milterrt.State) milterrt.Session { return &session{m: m} }

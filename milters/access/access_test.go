@@ -443,9 +443,9 @@ func TestNewFromEnv(t *testing.T) {
 	if am.counter != nil || am.timeout != 40*time.Millisecond {
 		t.Errorf("counter %v timeout %v: want memory only (no store) and redis.timeout", am.counter, am.timeout)
 	}
-	if m.Name() != "access" || m.Actions() != milterrt.MayQuarantine ||
+	if m.Name() != "access" || m.Modifications() != milterrt.MayQuarantine ||
 		m.Stages() != milterrt.StageConnect|milterrt.StageHelo|milterrt.StageMail|milterrt.StageRcpt {
-		t.Errorf("name %s, actions %v, stages %v", m.Name(), m.Actions(), m.Stages())
+		t.Errorf("name %s, actions %v, stages %v", m.Name(), m.Modifications(), m.Stages())
 	}
 	if _, err := New(&service.Env{Name: Name}); err == nil {
 		t.Error("no rules view: want an error")

@@ -16,6 +16,11 @@ const Name = "archive"
 // Milter is the archive milter.
 type Milter struct{}
 
+var (
+	_ milterrt.Milter  = (*Milter)(nil)
+	_ milterrt.Decider = (*Milter)(nil)
+)
+
 // New builds the archive milter from the process environment.
 func New(env *service.Env) (milterrt.Milter, error) { return &Milter{}, nil }
 
@@ -25,8 +30,8 @@ func (*Milter) Name() string { return Name }
 // Stages implements milterrt.Milter.
 func (*Milter) Stages() milterrt.Stages { return milterrt.AllStages }
 
-// Actions implements milterrt.Milter.
-func (*Milter) Actions() milterrt.Actions { return 0 }
+// Modifications implements milterrt.Milter.
+func (*Milter) Modifications() milterrt.Modifications { return 0 }
 
 // DecidesAt implements milterrt.Decider: the journal needs the whole envelope
 // and message, and its only decision (tempfail when the journal cannot be

@@ -16,6 +16,11 @@ const Name = "encrypt"
 // Milter is the encrypt milter.
 type Milter struct{}
 
+var (
+	_ milterrt.Milter  = (*Milter)(nil)
+	_ milterrt.Decider = (*Milter)(nil)
+)
+
 // New builds the encrypt milter from the process environment.
 func New(env *service.Env) (milterrt.Milter, error) { return &Milter{}, nil }
 
@@ -25,8 +30,8 @@ func (*Milter) Name() string { return Name }
 // Stages implements milterrt.Milter.
 func (*Milter) Stages() milterrt.Stages { return milterrt.AllStages }
 
-// Actions implements milterrt.Milter.
-func (*Milter) Actions() milterrt.Actions { return milterrt.MayAddHeader }
+// Modifications implements milterrt.Milter.
+func (*Milter) Modifications() milterrt.Modifications { return milterrt.MayAddHeader }
 
 // DecidesAt implements milterrt.Decider: the encryption route is chosen from
 // the whole message, at end of message, so Postfix never waits at the

@@ -80,9 +80,9 @@ type seen struct {
 
 type rejectMilter struct{ seen *seen }
 
-func (rejectMilter) Name() string              { return "reject" }
-func (rejectMilter) Stages() milterrt.Stages   { return milterrt.AllStages }
-func (rejectMilter) Actions() milterrt.Actions { return 0 }
+func (rejectMilter) Name() string                          { return "reject" }
+func (rejectMilter) Stages() milterrt.Stages               { return milterrt.AllStages }
+func (rejectMilter) Modifications() milterrt.Modifications { return 0 }
 func (m rejectMilter) NewSession(*milterrt.State) milterrt.Session {
 	m.seen.sessions.Add(1)
 	return &rejecting{seen: m.seen}
@@ -168,9 +168,9 @@ func TestRunCountsFinalActions(t *testing.T) {
 
 type stuckMilter struct{ release chan struct{} }
 
-func (stuckMilter) Name() string              { return "stuck" }
-func (stuckMilter) Stages() milterrt.Stages   { return 0 }
-func (stuckMilter) Actions() milterrt.Actions { return 0 }
+func (stuckMilter) Name() string                          { return "stuck" }
+func (stuckMilter) Stages() milterrt.Stages               { return 0 }
+func (stuckMilter) Modifications() milterrt.Modifications { return 0 }
 func (m stuckMilter) NewSession(*milterrt.State) milterrt.Session {
 	return stuckSession{release: m.release}
 }
@@ -283,9 +283,9 @@ type recordMilter struct {
 	body    *[]byte
 }
 
-func (recordMilter) Name() string              { return "record" }
-func (recordMilter) Stages() milterrt.Stages   { return milterrt.AllStages }
-func (recordMilter) Actions() milterrt.Actions { return 0 }
+func (recordMilter) Name() string                          { return "record" }
+func (recordMilter) Stages() milterrt.Stages               { return milterrt.AllStages }
+func (recordMilter) Modifications() milterrt.Modifications { return 0 }
 func (m recordMilter) NewSession(*milterrt.State) milterrt.Session {
 	return &recordSession{m: m}
 }

@@ -79,7 +79,7 @@ func call(fn func(*State) Decision, st *State) Decision {
 
 type testMilter struct {
 	stages  Stages
-	actions Actions
+	actions Modifications
 	mk      func() *funcSession
 }
 
@@ -90,7 +90,7 @@ func (m *testMilter) Stages() Stages {
 	}
 	return m.stages
 }
-func (m *testMilter) Actions() Actions { return m.actions }
+func (m *testMilter) Modifications() Modifications { return m.actions }
 func (m *testMilter) NewSession(*State) Session {
 	if m.mk == nil {
 		return &funcSession{}

@@ -14,7 +14,7 @@ import (
 type Milter interface {
 	Name() string   // "access", "policy", …; the metrics label
 	Stages() Stages // stages it needs; the others are negotiated away
-	Actions() Actions
+	Modifications() Modifications
 	// NewSession is called once per milter connection (one Postfix SMTP
 	// session), before any event, with the connection's State.
 	NewSession(st *State) Session
@@ -81,7 +81,7 @@ func (BaseSession) Close(*State)                           {}
 var _ Session = BaseSession{}
 
 // Modifier edits the message at end of message. Each call needs the matching
-// Actions bit; without it the call returns ErrNotNegotiated (Postfix would
+// Modifications bit; without it the call returns ErrNotNegotiated (Postfix would
 // otherwise treat the request as a protocol error).
 type Modifier interface {
 	AddHeader(name, value string) error
@@ -101,20 +101,20 @@ type Modifier interface {
 }
 
 // ErrNotNegotiated is returned by a Modifier call whose action the milter did
-// not declare in Actions().
-var ErrNotNegotiated = errors.New("milterrt: modification not declared in Milter.Actions()")
+// not declare in Modifications().
+var ErrNotNegotiated = errors.New("milterrt: modification not declared in Milter.Modifications()")
 
 // modifier queues modification packets on the session's output; they leave
 // with the final reply, in one write, ahead of it as the protocol requires.
 type modifier struct {
-	c       *session
-	allowed Actions
+	c       *connection
+	allowed Modifications
 	// quarantined records a quarantine sent by the milter itself, so the
 	// runtime reports the right final action and sends it only once.
 	quarantined string
 }
 
-func (md *modifier) need(a Actions, what string) error {
+func (md *modifier) need(a Modifications, what string) error {
 	if md.allowed&a == 0 {
 		return fmt.Errorf("%s: %w", what, ErrNotNegotiated)
 	}
@@ -231,9 +231,9 @@ type NoopMilter struct {
 	Want Stages
 }
 
-func (NoopMilter) Name() string              { return "noop" }
-func (n NoopMilter) Stages() Stages          { return n.Want }
-func (NoopMilter) Actions() Actions          { return 0 }
-func (NoopMilter) NewSession(*State) Session { return BaseSession{} }
+func (NoopMilter) Name() string                 { return "noop" }
+func (n NoopMilter) Stages() Stages             { return n.Want }
+func (NoopMilter) Modifications() Modifications { return 0 }
+func (NoopMilter) NewSession(*State) Session    { return BaseSession{} }
 
 var _ Milter = NoopMilter{}

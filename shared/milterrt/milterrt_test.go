@@ -200,7 +200,7 @@ func TestOnTransactionOncePerTransaction(t *testing.T) {
 	}
 	cases := []struct {
 		name    string
-		actions Actions
+		actions Modifications
 		drive   func(t *testing.T, c *client)
 		want    []want
 		aborts  int32 // Session.Abort calls expected

@@ -56,7 +56,7 @@ type Server struct {
 	opts     Options
 	log      zerolog.Logger
 	met      *metrics
-	actions  Actions
+	actions  Modifications
 	stages   Stages
 	protocol milter.OptProtocol
 	now      func() time.Time
@@ -68,7 +68,7 @@ type Server struct {
 	closing   bool
 	done      chan struct{} // closed by Shutdown
 	listeners map[*listener]struct{}
-	sessions  map[*session]struct{}
+	sessions  map[*connection]struct{}
 	wg        sync.WaitGroup // one per session goroutine
 }
 
@@ -91,13 +91,13 @@ func New(m Milter, opts Options) *Server {
 		opts:      opts,
 		log:       opts.Logger.With().Str("milter", m.Name()).Logger(),
 		met:       newMetrics(opts.Registerer, m.Name()),
-		actions:   m.Actions(),
+		actions:   m.Modifications(),
 		stages:    m.Stages() | StageEOM,
 		now:       opts.Clock,
 		idBase:    binary.BigEndian.Uint64(seed[:]),
 		done:      make(chan struct{}),
 		listeners: make(map[*listener]struct{}),
-		sessions:  make(map[*session]struct{}),
+		sessions:  make(map[*connection]struct{}),
 	}
 	s.protocol = s.stages.protocol(envelopeStages)
 	return s
@@ -197,8 +197,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
-func (s *Server) snapshot() []*session {
-	out := make([]*session, 0, len(s.sessions))
+func (s *Server) snapshot() []*connection {
+	out := make([]*connection, 0, len(s.sessions))
 	for c := range s.sessions {
 		out = append(out, c)
 	}
@@ -219,7 +219,7 @@ func (s *Server) isClosing() bool {
 }
 
 // register admits a new connection, or reports why not.
-func (s *Server) register(raw net.Conn) (*session, error) {
+func (s *Server) register(raw net.Conn) (*connection, error) {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -229,7 +229,7 @@ func (s *Server) register(raw net.Conn) (*session, error) {
 		s.mu.Unlock()
 		return nil, errTooMany
 	}
-	c := newSession(s, raw)
+	c := newConnection(s, raw)
 	s.sessions[c] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
@@ -240,7 +240,7 @@ func (s *Server) register(raw net.Conn) (*session, error) {
 
 var errTooMany = errors.New("too many sessions")
 
-func (s *Server) release(c *session) {
+func (s *Server) release(c *connection) {
 	s.mu.Lock()
 	delete(s.sessions, c)
 	s.mu.Unlock()
@@ -269,7 +269,7 @@ type listener struct {
 
 // accept returns the next admitted connection. Temporary errors are retried
 // with a backoff; past MaxSessions a connection is closed at once.
-func (l *listener) accept() (*session, error) {
+func (l *listener) accept() (*connection, error) {
 	var backoff time.Duration
 	for {
 		raw, err := l.Listener.Accept()

@@ -112,22 +112,22 @@ func noReplyFlag(stage Stages) milter.OptProtocol {
 	return 0
 }
 
-// Actions is the set of message modifications a milter may request at end of
+// Modifications is the set of message modifications a milter may request at end of
 // message. Postfix offers all of them; a milter lists only those it uses.
-type Actions uint
+type Modifications uint
 
 const (
-	MayAddHeader    Actions = 1 << iota // Modifier.AddHeader, Modifier.InsertHeader
-	MayChangeHeader                     // Modifier.ChangeHeader
-	MayQuarantine                       // Modifier.Quarantine, Quarantine decisions
-	MayAddRcpt                          // Modifier.AddRcpt
-	MayDelRcpt                          // Modifier.DelRcpt
-	MayChangeBody                       // Modifier.ReplaceBody
+	MayAddHeader    Modifications = 1 << iota // Modifier.AddHeader, Modifier.InsertHeader
+	MayChangeHeader                           // Modifier.ChangeHeader
+	MayQuarantine                             // Modifier.Quarantine, Quarantine decisions
+	MayAddRcpt                                // Modifier.AddRcpt
+	MayDelRcpt                                // Modifier.DelRcpt
+	MayChangeBody                             // Modifier.ReplaceBody
 )
 
-// actionFlags pairs each Actions bit with its SMFIF_* flag.
+// actionFlags pairs each Modifications bit with its SMFIF_* flag.
 var actionFlags = []struct {
-	a Actions
+	a Modifications
 	o milter.OptAction
 }{
 	{MayAddHeader, milter.OptAddHeader}, {MayChangeHeader, milter.OptChangeHeader},
@@ -135,7 +135,7 @@ var actionFlags = []struct {
 	{MayDelRcpt, milter.OptRemoveRcpt}, {MayChangeBody, milter.OptChangeBody},
 }
 
-func (a Actions) optAction() milter.OptAction {
+func (a Modifications) optAction() milter.OptAction {
 	var o milter.OptAction
 	for _, x := range actionFlags {
 		if a&x.a != 0 {
@@ -146,8 +146,8 @@ func (a Actions) optAction() milter.OptAction {
 }
 
 // actionsOf is the inverse of optAction for the bits it knows.
-func actionsOf(o milter.OptAction) Actions {
-	var a Actions
+func actionsOf(o milter.OptAction) Modifications {
+	var a Modifications
 	for _, x := range actionFlags {
 		if o&x.o != 0 {
 			a |= x.a

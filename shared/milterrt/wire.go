@@ -66,7 +66,7 @@ var (
 
 // readPacket returns the next command and its payload. The payload is valid
 // until the next call.
-func (c *session) readPacket() (byte, []byte, error) {
+func (c *connection) readPacket() (byte, []byte, error) {
 	if _, err := io.ReadFull(c.br, c.hdr[:]); err != nil {
 		if err == io.ErrUnexpectedEOF {
 			return 0, nil, protoErrorf("connection closed inside a packet header")
@@ -99,7 +99,7 @@ func (c *session) readPacket() (byte, []byte, error) {
 }
 
 // queue appends one packet to the output buffer; parts are concatenated.
-func (c *session) queue(code byte, parts ...[]byte) {
+func (c *connection) queue(code byte, parts ...[]byte) {
 	n := 1
 	for _, p := range parts {
 		n += len(p)
@@ -112,7 +112,7 @@ func (c *session) queue(code byte, parts ...[]byte) {
 }
 
 // flush writes the queued packets in one system call.
-func (c *session) flush() error {
+func (c *connection) flush() error {
 	if len(c.out) == 0 {
 		return nil
 	}
@@ -127,7 +127,7 @@ func (c *session) flush() error {
 }
 
 // send queues r after any queued modifications and writes them all.
-func (c *session) send(r *response) error {
+func (c *connection) send(r *response) error {
 	c.queue(r.code, r.data)
 	return c.flush()
 }
@@ -137,7 +137,7 @@ func (c *session) send(r *response) error {
 // action the MTA does not offer is left out (its Modifier call then fails with
 // ErrNotNegotiated) rather than asked for: Postfix drops a milter that asks
 // for more than it offered.
-func (c *session) negotiate(data []byte) error {
+func (c *connection) negotiate(data []byte) error {
 	if len(data) < 12 {
 		return protoErrorf("option negotiation of %d bytes, want 12", len(data))
 	}
@@ -164,7 +164,7 @@ func (c *session) negotiate(data []byte) error {
 }
 
 // replies reports whether the MTA waits for a reply to stage's event.
-func (c *session) replies(stage Stages) bool {
+func (c *connection) replies(stage Stages) bool {
 	return c.proto&noReplyFlag(stage) == 0
 }
 

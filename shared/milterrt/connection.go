@@ -18,9 +18,9 @@ import (
 // panicDecision answers every event of a transaction whose Session panicked.
 var panicDecision = TempFail("451", "4.3.0", "Temporary failure").WithReason("panic in milter session").normalised()
 
-// session is one milter connection: it reads the MTA's commands, calls the
+// connection is one milter connection: it reads the MTA's commands, calls the
 // milter's Session and writes the replies, on one goroutine.
-type session struct {
+type connection struct {
 	srv  *Server
 	raw  net.Conn
 	br   *bufio.Reader
@@ -38,7 +38,7 @@ type session struct {
 	hdr        [4]byte
 	in, out    []byte             // packet buffers, reused
 	proto      milter.OptProtocol // negotiated protocol flags
-	actions    Actions            // negotiated modifications
+	actions    Modifications      // negotiated modifications
 	txnSeq     int
 	txnOpen    bool
 	txnPoison  bool      // a Session method panicked: the rest of the transaction tempfails
@@ -59,8 +59,8 @@ type session struct {
 	closeOnce                sync.Once
 }
 
-func newSession(srv *Server, raw net.Conn) *session {
-	c := &session{srv: srv, raw: raw, id: srv.newID(), connMacros: make(map[string]string)}
+func newConnection(srv *Server, raw net.Conn) *connection {
+	c := &connection{srv: srv, raw: raw, id: srv.newID(), connMacros: make(map[string]string)}
 	c.st = State{
 		Milter:    srv.m.Name(),
 		SessionID: c.id,
@@ -72,7 +72,7 @@ func newSession(srv *Server, raw net.Conn) *session {
 }
 
 // enter marks the start of an event and creates the Session on first use.
-func (c *session) enter() {
+func (c *connection) enter() {
 	c.mu.Lock()
 	c.busy = true
 	c.mu.Unlock()
@@ -81,7 +81,7 @@ func (c *session) enter() {
 	}
 }
 
-func (c *session) newImpl() {
+func (c *connection) newImpl() {
 	defer func() {
 		if r := recover(); r != nil {
 			c.recovered("new_session", r)
@@ -100,7 +100,7 @@ func (c *session) newImpl() {
 // applyMacros merges the macros received for the current event into State.
 // Those sent with connect and helo persist across transactions; the others
 // end with the transaction.
-func (c *session) applyMacros() {
+func (c *connection) applyMacros() {
 	if len(c.macros) == 0 {
 		return
 	}
@@ -117,7 +117,7 @@ func (c *session) applyMacros() {
 
 // heldDecision returns the decision that answers this stage without calling
 // the milter: one held at a stage without reply (Decider).
-func (c *session) heldDecision(txnStage bool) (Decision, Stages, bool) {
+func (c *connection) heldDecision(txnStage bool) (Decision, Stages, bool) {
 	if c.connHeld != nil {
 		return *c.connHeld, c.connHeldStage, true
 	}
@@ -129,7 +129,7 @@ func (c *session) heldDecision(txnStage bool) (Decision, Stages, bool) {
 
 // run calls the milter for one stage with panic recovery and timing, and
 // returns its normalised decision.
-func (c *session) run(stage Stages, fn func() Decision) (d Decision) {
+func (c *connection) run(stage Stages, fn func() Decision) (d Decision) {
 	txnStage := stage != StageConnect && stage != StageHelo
 	switch {
 	case c.connPoison || (txnStage && c.txnPoison):
@@ -165,7 +165,7 @@ func (c *session) run(stage Stages, fn func() Decision) (d Decision) {
 }
 
 // safe runs a callback that has no reply (Abort, Close, OnTransaction).
-func (c *session) safe(what string, fn func()) {
+func (c *connection) safe(what string, fn func()) {
 	defer func() {
 		if r := recover(); r != nil {
 			c.recovered(what, r)
@@ -174,7 +174,7 @@ func (c *session) safe(what string, fn func()) {
 	fn()
 }
 
-func (c *session) recovered(where string, r any) {
+func (c *connection) recovered(where string, r any) {
 	c.srv.met.panics.Inc()
 	c.srv.log.Error().Str("session", c.id).Str("txn", c.st.TxnID).Str("stage", where).
 		Str("panic", fmt.Sprint(r)).Str("stack", string(debug.Stack())).
@@ -183,12 +183,12 @@ func (c *session) recovered(where string, r any) {
 
 // reply marks r as the reply to the current event: what must follow it
 // (ending the transaction, closing) runs once it is written.
-func (c *session) reply(r *response) *response {
+func (c *connection) reply(r *response) *response {
 	c.replyPending = true
 	return r
 }
 
-func (c *session) openTxn() {
+func (c *connection) openTxn() {
 	c.txnOpen = true
 	c.txnSeq++
 	c.st.TxnID = c.id + "." + strconv.Itoa(c.txnSeq)
@@ -203,7 +203,7 @@ func (c *session) openTxn() {
 }
 
 // beginTxnEvent prepares a transaction-level event.
-func (c *session) beginTxnEvent() {
+func (c *connection) beginTxnEvent() {
 	c.enter()
 	if !c.txnOpen {
 		c.openTxn()
@@ -212,7 +212,7 @@ func (c *session) beginTxnEvent() {
 }
 
 // endTxn reports the transaction (State.Final set by the caller) and resets it.
-func (c *session) endTxn(callAbort bool) {
+func (c *connection) endTxn(callAbort bool) {
 	if !c.txnOpen {
 		return
 	}
@@ -235,7 +235,7 @@ func (c *session) endTxn(callAbort bool) {
 
 // abortTxn ends a transaction that got no decision of its own: ABORT, a new
 // MAIL or HELO, or a lost connection.
-func (c *session) abortTxn() {
+func (c *connection) abortTxn() {
 	if !c.txnOpen {
 		return
 	}
@@ -258,7 +258,7 @@ func (c *session) abortTxn() {
 
 // idle marks the end of an event; a session asked to close while busy or in
 // a transaction is closed here once it is neither.
-func (c *session) idle() {
+func (c *connection) idle() {
 	c.mu.Lock()
 	c.busy = false
 	shut := c.closing && !c.inTxn
@@ -269,7 +269,7 @@ func (c *session) idle() {
 }
 
 // afterReply runs once the reply to an event was written (or could not be).
-func (c *session) afterReply(werr error) {
+func (c *connection) afterReply(werr error) {
 	c.replyPending = false
 	if werr != nil {
 		c.srv.log.Warn().Str("session", c.id).Str("txn", c.st.TxnID).Err(werr).Msg("milter reply not delivered")
@@ -283,7 +283,7 @@ func (c *session) afterReply(werr error) {
 
 // decideAfter records the final decision; the transaction ends once the reply
 // is written, so OnTransaction never runs before Postfix has the answer.
-func (c *session) decideAfter(stage Stages, d Decision, callAbort bool) {
+func (c *connection) decideAfter(stage Stages, d Decision, callAbort bool) {
 	if c.fromHeld != 0 {
 		stage = c.fromHeld // a held decision is reported where it was made
 	}
@@ -292,7 +292,7 @@ func (c *session) decideAfter(stage Stages, d Decision, callAbort bool) {
 }
 
 // hold keeps a decision made at a stage without reply; the first one counts.
-func (c *session) hold(stage Stages, d Decision) {
+func (c *connection) hold(stage Stages, d Decision) {
 	if stage == StageConnect || stage == StageHelo {
 		if c.connHeld == nil {
 			c.connHeld, c.connHeldStage = &d, stage
@@ -305,7 +305,7 @@ func (c *session) hold(stage Stages, d Decision) {
 }
 
 // connLevel applies a decision made at connect or helo; nil means no reply.
-func (c *session) connLevel(stage Stages, d Decision) *response {
+func (c *connection) connLevel(stage Stages, d Decision) *response {
 	switch d.Action {
 	case ActionContinue:
 		return c.replyIf(stage, respContinue)
@@ -328,7 +328,7 @@ func (c *session) connLevel(stage Stages, d Decision) *response {
 
 // txnLevel applies a decision made at MAIL, RCPT, header, EOH or body; nil
 // means no reply.
-func (c *session) txnLevel(stage Stages, d Decision) *response {
+func (c *connection) txnLevel(stage Stages, d Decision) *response {
 	switch d.Action {
 	case ActionContinue:
 		return c.replyIf(stage, respContinue)
@@ -347,7 +347,7 @@ func (c *session) txnLevel(stage Stages, d Decision) *response {
 	return c.reply(toResponse(stage, d))
 }
 
-func (c *session) replyIf(stage Stages, r *response) *response {
+func (c *connection) replyIf(stage Stages, r *response) *response {
 	if !c.replies(stage) {
 		return nil
 	}
@@ -358,7 +358,7 @@ func (c *session) replyIf(stage Stages, r *response) *response {
 
 // serve runs the connection until the MTA quits, the connection fails or a
 // protocol error; then it closes the session.
-func (c *session) serve() {
+func (c *connection) serve() {
 	defer c.close()
 	defer func() {
 		// A bug in the runtime itself must not take the process down.
@@ -396,7 +396,7 @@ func (c *session) serve() {
 	}
 }
 
-func (c *session) protocolFailure(err error) {
+func (c *connection) protocolFailure(err error) {
 	c.srv.met.protoErrors.Inc()
 	c.srv.log.Warn().Str("session", c.id).Str("txn", c.st.TxnID).Err(err).
 		Msg("milter protocol error from the MTA; closing the connection (the MTA applies its default action)")
@@ -404,7 +404,7 @@ func (c *session) protocolFailure(err error) {
 
 // dispatch handles one command. event is true for commands that start an
 // event of the session (enter was called): they end with a reply or idle.
-func (c *session) dispatch(code byte, data []byte) (r *response, event bool, err error) {
+func (c *connection) dispatch(code byte, data []byte) (r *response, event bool, err error) {
 	switch milter.Code(code) {
 	case milter.CodeOptNeg:
 		return nil, false, c.negotiate(data)
@@ -461,7 +461,7 @@ func (c *session) dispatch(code byte, data []byte) (r *response, event bool, err
 	return nil, false, protoErrorf("unknown command %q", code)
 }
 
-func (c *session) onConnect(ci connectInfo) *response {
+func (c *connection) onConnect(ci connectInfo) *response {
 	c.enter()
 	c.applyMacros()
 	c.st.ClientHost, c.st.Family, c.st.ClientPort = ci.host, ci.family, ci.port
@@ -484,7 +484,7 @@ func (c *session) onConnect(ci connectInfo) *response {
 	return c.connLevel(StageConnect, d)
 }
 
-func (c *session) onHelo(name string) *response {
+func (c *connection) onHelo(name string) *response {
 	c.enter()
 	// HELO inside a transaction resets it (Postfix sends ABORT next).
 	c.abortTxn()
@@ -494,7 +494,7 @@ func (c *session) onHelo(name string) *response {
 	return c.connLevel(StageHelo, d)
 }
 
-func (c *session) onMail(from string) *response {
+func (c *connection) onMail(from string) *response {
 	c.enter()
 	c.abortTxn() // a MAIL without ABORT after the previous transaction
 	c.openTxn()
@@ -504,7 +504,7 @@ func (c *session) onMail(from string) *response {
 	return c.txnLevel(StageMail, d)
 }
 
-func (c *session) onRcpt(to string) *response {
+func (c *connection) onRcpt(to string) *response {
 	c.beginTxnEvent()
 	r := &Recipient{Addr: to}
 	c.st.Rcpts = append(c.st.Rcpts, r)
@@ -513,27 +513,27 @@ func (c *session) onRcpt(to string) *response {
 	return c.txnLevel(StageRcpt, d)
 }
 
-func (c *session) onHeader(h HeaderField) *response {
+func (c *connection) onHeader(h HeaderField) *response {
 	c.beginTxnEvent()
 	c.st.Headers = append(c.st.Headers, h)
 	d := c.run(StageHeaders, func() Decision { return c.impl.Header(&c.st, h) })
 	return c.txnLevel(StageHeaders, d)
 }
 
-func (c *session) onEOH() *response {
+func (c *connection) onEOH() *response {
 	c.beginTxnEvent()
 	d := c.run(StageEOH, func() Decision { return c.impl.EndOfHeaders(&c.st) })
 	return c.txnLevel(StageEOH, d)
 }
 
-func (c *session) onBody(chunk []byte) *response {
+func (c *connection) onBody(chunk []byte) *response {
 	c.beginTxnEvent()
 	c.st.BodyBytes += int64(len(chunk))
 	d := c.run(StageBody, func() Decision { return c.impl.BodyChunk(&c.st, chunk) })
 	return c.txnLevel(StageBody, d)
 }
 
-func (c *session) onEOM() *response {
+func (c *connection) onEOM() *response {
 	c.beginTxnEvent()
 	md := &modifier{c: c, allowed: c.srv.actions & c.actions}
 	d := c.run(StageEOM, func() Decision { return c.impl.EndOfMessage(&c.st, md) })
@@ -545,7 +545,7 @@ func (c *session) onEOM() *response {
 // finalEOM settles accept versus quarantine at end of message: a quarantine
 // asked for at any stage is sent now (Postfix holds the message when the
 // quarantine request precedes the accept).
-func (c *session) finalEOM(d Decision, md *modifier) Decision {
+func (c *connection) finalEOM(d Decision, md *modifier) Decision {
 	if d.Action != ActionContinue && d.Action != ActionAccept && d.Action != ActionQuarantine {
 		return d
 	}
@@ -570,7 +570,7 @@ func (c *session) finalEOM(d Decision, md *modifier) Decision {
 			// A programming error in the milter: keep the message rather than
 			// deliver what was meant to be held.
 			c.srv.log.Error().Str("session", c.id).Str("txn", c.st.TxnID).Err(err).
-				Msg("quarantine decided but MayQuarantine not in Actions() or not offered by the MTA; answering tempfail")
+				Msg("quarantine decided but MayQuarantine not in Modifications() or not offered by the MTA; answering tempfail")
 			return TempFail("451", "4.3.0", "Temporary failure").WithReason("quarantine not negotiated").normalised()
 		}
 	}
@@ -579,7 +579,7 @@ func (c *session) finalEOM(d Decision, md *modifier) Decision {
 }
 
 // close ends the session when its loop ends, whatever the reason.
-func (c *session) close() {
+func (c *connection) close() {
 	c.closeOnce.Do(func() {
 		c.raw.Close()
 		if c.replyPending {
@@ -597,7 +597,7 @@ func (c *session) close() {
 
 // beginClosing is Shutdown's request: close now if idle, else once the
 // current transaction ends.
-func (c *session) beginClosing() {
+func (c *connection) beginClosing() {
 	c.mu.Lock()
 	c.closing = true
 	shut := !c.busy && !c.inTxn
@@ -607,7 +607,7 @@ func (c *session) beginClosing() {
 	}
 }
 
-func (c *session) forceClose() {
+func (c *connection) forceClose() {
 	c.mu.Lock()
 	c.closing = true
 	c.mu.Unlock()
@@ -616,7 +616,7 @@ func (c *session) forceClose() {
 
 // rawReader reads the socket with the idle timeout as deadline. Every read
 // error becomes io.EOF after it is logged, which ends the session quietly.
-type rawReader struct{ c *session }
+type rawReader struct{ c *connection }
 
 func (r rawReader) Read(p []byte) (int, error) {
 	c := r.c
