@@ -13,6 +13,7 @@ package config
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/geomilter/geomilter/shared/yamlconf"
@@ -133,6 +134,14 @@ type MilterConfig struct {
 	// MaxProcs is how many CPUs the milter process's Go runtime runs on at
 	// once (GOMAXPROCS); 0 means all. GOMAXPROCS in the environment wins.
 	MaxProcs int `yaml:"max_procs"`
+	// MessageDir is where a message larger than MessageMemory is written while
+	// it arrives (milters that read the whole message: policy, archive,
+	// encrypt); "" means <spool_dir>/<milter>/messages. Files are removed at
+	// the end of each transaction, and leftovers of a crash at start-up.
+	MessageDir string `yaml:"message_dir"`
+	// MessageMemory is how much of one message is kept in memory before the
+	// rest goes to a file in MessageDir.
+	MessageMemory yamlconf.Size `yaml:"message_memory"`
 }
 
 // MilterNames lists the milters in metrics-port offset order: access is
@@ -165,6 +174,9 @@ const (
 	// idle multi-threaded scheduler (measured in BENCHMARKS.md, issue 6).
 	DefaultMaxProcs        = 1
 	DefaultShutdownTimeout = 30 * time.Second
+	// DefaultMessageMemory keeps ordinary mail (most messages are well under
+	// 256 KiB) off the disk, and bounds a session's memory for large ones.
+	DefaultMessageMemory = yamlconf.Size(256 << 10)
 )
 
 // Load reads, decodes and validates the config file at path. On failure
@@ -272,6 +284,10 @@ func applyDefaults(c *Config, doc *yamlconf.Doc, hostname func() (string, error)
 		setDefault(doc, p+".idle_timeout", &m.IdleTimeout, DefaultIdleTimeout)
 		setDefault(doc, p+".shutdown_timeout", &m.ShutdownTimeout, DefaultShutdownTimeout)
 		setDefault(doc, p+".max_procs", &m.MaxProcs, DefaultMaxProcs)
+		setDefault(doc, p+".message_memory", &m.MessageMemory, DefaultMessageMemory)
+		if m.MessageDir == "" {
+			m.MessageDir = filepath.Join(c.SpoolDir, name, "messages")
+		}
 	}
 }
 

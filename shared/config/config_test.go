@@ -100,7 +100,7 @@ func TestLoadTwoSite(t *testing.T) {
 		t.Errorf("sinks = %+v", tr.Sinks)
 	}
 	acc, ok := cfg.Milter("access")
-	if !ok || *acc != (MilterConfig{Listen: "unix:/run/geomilter/access.sock", MaxSessions: 1024, IdleTimeout: 5 * time.Minute, ShutdownTimeout: time.Minute, MaxProcs: 1}) {
+	if !ok || *acc != (MilterConfig{Listen: "unix:/run/geomilter/access.sock", MaxSessions: 1024, IdleTimeout: 5 * time.Minute, ShutdownTimeout: time.Minute, MaxProcs: 1, MessageDir: "/var/spool/geomilter/access/messages", MessageMemory: DefaultMessageMemory}) {
 		t.Errorf("milters.access = %+v", acc)
 	}
 	for milter, want := range map[string]string{"access": "[::1]:9464", "policy": "[::1]:9465", "archive": "127.0.0.1:9600", "encrypt": "[::1]:9467"} {
@@ -149,7 +149,7 @@ milters:
 			},
 		},
 		Metrics: MetricsConfig{Listen: "127.0.0.1:9464"},
-		Milters: MiltersConfig{Policy: &MilterConfig{Listen: "unix:/run/geomilter/policy.sock", MaxSessions: 512, IdleTimeout: 10 * time.Minute, ShutdownTimeout: 30 * time.Second, MaxProcs: DefaultMaxProcs}},
+		Milters: MiltersConfig{Policy: &MilterConfig{Listen: "unix:/run/geomilter/policy.sock", MaxSessions: 512, IdleTimeout: 10 * time.Minute, ShutdownTimeout: 30 * time.Second, MaxProcs: DefaultMaxProcs, MessageDir: "/var/spool/geomilter/policy/messages", MessageMemory: DefaultMessageMemory}},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got\n%+v\nwant\n%+v", cfg, want)

@@ -297,6 +297,12 @@ func (v validator) milters(c *Config) {
 		}
 		v.between(p+".idle_timeout", m.IdleTimeout, 24*time.Hour)
 		v.between(p+".shutdown_timeout", m.ShutdownTimeout, time.Hour)
+		if v.doc.Has(p + ".message_dir") {
+			v.absPath(p+".message_dir", m.MessageDir, true)
+		}
+		if m.MessageMemory < 0 || m.MessageMemory > 1<<30 {
+			v.doc.Problemf(p+".message_memory", "must be between 0 and 1GiB, got %s", m.MessageMemory)
+		}
 		if m.MaxProcs < 0 || m.MaxProcs > 4096 {
 			v.doc.Problemf(p+".max_procs", "must be between 0 (all CPUs) and 4096, got %d", m.MaxProcs)
 		}
