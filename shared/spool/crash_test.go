@@ -3,7 +3,9 @@ package spool
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"fmt"
+	"io"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -41,13 +43,20 @@ func parseCrashPayload(b []byte) (round, i int, ok bool) {
 	return round, i, bytes.Equal(b, crashPayload(round, i))
 }
 
-// crashChild appends until it is killed. After each record it knows to be
+// crashSeed identifies the i-th record of a round when it is a body.
+func crashSeed(round, i int) uint64 { return uint64(round)<<32 | uint64(i) }
+
+// crashBodySize is between just over the inline limit and 4 MiB.
+func crashBodySize(seed uint64) int64 { return inlineMax + 1 + int64(splitmix(seed)%(4<<20-inlineMax)) }
+
+// crashChild appends until it is killed. In the body- modes every third
+// record is a body file record (AppendFrom) of up to 4 MiB. After each record it knows to be
 // durable it prints the record's index on stdout: in Durable mode after
 // Append returns, in GroupCommit mode after a Sync.
 func crashChild(dir string) int {
 	round, _ := strconv.Atoi(os.Getenv(childEnvRound))
 	mode := GroupCommit
-	if os.Getenv(childEnvMode) == "durable" {
+	if m := os.Getenv(childEnvMode); m == "durable" || m == "body-durable" {
 		mode = Durable
 	}
 	s, err := Open(Options{Dir: dir, Sinks: []string{"s"}, Durability: mode, SegmentBytes: 16 << 10, SyncEvery: 2 * time.Millisecond})
@@ -55,13 +64,20 @@ func crashChild(dir string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
+	bodies := strings.HasPrefix(os.Getenv(childEnvMode), "body-")
 	for i := 0; ; i++ {
-		if err := s.Append(crashPayload(round, i)); err != nil {
+		var err error
+		if seed := crashSeed(round, i); bodies && i%3 == 1 {
+			err = s.AppendFrom(newBodyGen(seed, crashBodySize(seed)), crashBodySize(seed))
+		} else {
+			err = s.Append(crashPayload(round, i))
+		}
+		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 2
 		}
 		durable := mode == Durable
-		if !durable && i%20 == 19 {
+		if !durable && (i%20 == 19 || bodies && i%3 == 1) {
 			if err := s.Sync(); err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				return 2
@@ -247,4 +263,106 @@ func TestTornTail(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestCrashKillBodies is TestCrashKill with every third record streamed into
+// a body file of up to 4 MiB, so that most kills land in the middle of one:
+// the spool then holds a contiguous prefix of each round whose records (body
+// content included) are whole, everything reported durable, and exactly
+// the body files its records refer to.
+func TestCrashKillBodies(t *testing.T) {
+	dir := t.TempDir()
+	rounds := []string{"body-durable", "body-group", "body-durable", "body-group", "body-durable", "body-durable"}
+	reported := make([]int, len(rounds))
+	for round, mode := range rounds {
+		killAfter := 3 + 2*round
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), childEnvDir+"="+dir, childEnvMode+"="+mode, childEnvRound+"="+strconv.Itoa(round))
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		reported[round] = -1
+		sc := bufio.NewScanner(out)
+		lines := 0
+		for sc.Scan() {
+			i, err := strconv.Atoi(sc.Text())
+			if err != nil {
+				t.Fatalf("round %d: child printed %q", round, sc.Text())
+			}
+			reported[round] = i
+			if lines++; lines == killAfter {
+				// A body of up to 4 MiB takes milliseconds to copy and
+				// fsync: a random delay of up to 30 ms lands anywhere in one.
+				time.Sleep(time.Duration(rand.Intn(30000)) * time.Microsecond)
+				if err := cmd.Process.Kill(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		err = cmd.Wait()
+		if lines < killAfter {
+			t.Fatalf("round %d: child exited after %d lines: %v\n%s", round, lines, err, stderr.String())
+		}
+
+		filesAtKill := len(bodyFiles(t, dir))
+		s, err := Open(Options{Dir: dir, Sinks: []string{"s"}})
+		if err != nil {
+			t.Fatalf("round %d: Open after kill: %v", round, err)
+		}
+		recs := readN(t, readerT(t, s, "s"), int(s.Stats().LastSeq))
+		next := make([]int, len(rounds))
+		lastRound, inFile := 0, 0
+		for k, rec := range recs {
+			if rec.Seq != uint64(k+1) {
+				t.Fatalf("round %d: record %d has seq %d, want %d", round, k, rec.Seq, k+1)
+			}
+			var r, i int
+			if rec.InFile() {
+				inFile++
+				rc, err := rec.Open()
+				if err != nil {
+					t.Fatalf("round %d: seq %d: %v", round, rec.Seq, err)
+				}
+				var b [8]byte
+				_, err = io.ReadFull(rc, b[:])
+				rc.Close()
+				if err != nil {
+					t.Fatalf("round %d: seq %d: %v", round, rec.Seq, err)
+				}
+				seed := binary.LittleEndian.Uint64(b[:])
+				r, i = int(seed>>32), int(uint32(seed))
+				checkRecordBody(t, rec, seed, crashBodySize(seed))
+			} else {
+				var ok bool
+				if r, i, ok = parseCrashPayload(rec.Data); !ok {
+					t.Fatalf("round %d: seq %d holds %.40q", round, rec.Seq, rec.Data)
+				}
+			}
+			if r > round || r < lastRound || i != next[r] || rec.InFile() != (i%3 == 1) {
+				t.Fatalf("round %d: seq %d is round %d index %d (in a file: %v): want round %d..%d index %d",
+					round, rec.Seq, r, i, rec.InFile(), lastRound, round, next[lastRound])
+			}
+			lastRound = r
+			next[r]++
+		}
+		for r := 0; r <= round; r++ {
+			if next[r] <= reported[r] {
+				t.Fatalf("round %d: round %d has records 0..%d, but %d was reported durable", round, r, next[r]-1, reported[r])
+			}
+		}
+		if n := len(bodyFiles(t, dir)); n != inFile {
+			t.Fatalf("round %d: %d body files on disk for %d records in files", round, n, inFile)
+		}
+		t.Logf("round %d (%s): %d records on disk, %d reported durable, %d corrupt bytes cut, %d body files, %d partial ones removed",
+			round, mode, next[round], reported[round]+1, s.Stats().CorruptBytes, inFile, filesAtKill-inFile)
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

@@ -11,20 +11,50 @@
 //	LOCK                     flock(2)ed while open: one process per directory
 //	NNNNNNNNNNNNNNNNNNNN.seg segments; the name is the Seq of the first record, 20 digits
 //	<sink>.cursor            one per sink: the Seq of the last record delivered to it
+//	NNNNNNNNNNNNNNNNNNNN.body body files: the content of records over 256 KiB (AppendFrom)
 //
 // Every segment starts with a 24-byte header, then records back to back:
 //
 //	segment header: "GMSPOOL1" | base Seq u64 | CRC-32C of the first 16 bytes u32 | 4 zero bytes
 //	record:         CRC-32C u32 | length u32 | Seq u64 | time u64 | data[length]
 //
-// Integers are little-endian; time is the Unix nanoseconds of Append (from
-// Options.Clock), kept so that the age of the oldest unsent record survives a
-// restart. The CRC-32C (Castagnoli) covers everything in the record after the
-// CRC field, so a wrong length, Seq, time or data byte is detected. Within a
+// Bit 31 of the length field marks a body record: its data is a 20-byte
+// body reference, body id u64 | size u64 | CRC-32C of the content u32, and
+// the content is the file NNNN.body named after the id (an id is not reused
+// while a record on disk names it). Integers are little-endian; time is the
+// Unix nanoseconds of Append (from Options.Clock), kept so that the age of
+// the oldest unsent record survives a restart. The CRC-32C (Castagnoli)
+// covers everything in the record after the CRC field, so a wrong length,
+// flag, Seq, time or data byte is detected. Within a
 // segment Seqs are consecutive and start at the base in the file name.
 // Records never span segments; a segment is sealed once the next record would
 // push it past Options.SegmentBytes, and a new one named after that record's
 // Seq is started.
+//
+// # Records of any size
+//
+// Append takes a record of up to 16 MiB from memory. AppendFrom streams a
+// record of any size from an io.Reader: up to 256 KiB it is read into
+// memory and appended like any other; beyond, it is copied through a fixed
+// buffer into a new body file, which is fsynced, then the directory, and
+// only then is its body record appended. The body record is the commit
+// point: it is small and goes through the ordinary path (group commit,
+// recovery, SkipCorrupt), and it can only reach disk after the whole body
+// has. So a reader sees a body record only when the body is complete; a
+// crash while the body is copied leaves a file no record names, which Open
+// deletes; a torn body record is truncated like any torn record and its
+// file deleted. Records never span segments and body records are 44 bytes,
+// so segment roll-over is unchanged. The body's bytes count against
+// MaxBytes from the moment AppendFrom starts (a reservation), and a body
+// file is deleted once every sink has committed past its record. A body
+// record takes its Seq when its body is complete, so concurrent small
+// Appends are neither blocked nor reordered behind it.
+//
+// This design was chosen over frames of one record written in a segment
+// because frames must be contiguous: either every other append waits for
+// the whole body, or a crash in mid-body leaves a hole in front of records
+// already reported durable. With a body file the crash argument reduces to
+// the ordering of two fsyncs.
 //
 // A cursor file is 1024 bytes with two 16-byte slots at offsets 0 and 512:
 // magic "GMCU" u32 | Seq u64 | CRC-32C u32. A commit overwrites the slot that
@@ -50,7 +80,12 @@
 // counts what was cut). Only unsynced data can be torn by a crash, so this
 // drops nothing that was reported durable. The next Seq is above the last
 // valid record, above the base of the newest segment and above every sink's
-// cursor, so a Seq is never reused.
+// cursor, so a Seq is never reused. Body files that no record still owed to
+// a sink names are deleted; one that such a record names but that is
+// missing or of the wrong size is logged, and Reader.Next reports the record
+// as ErrCorrupt (SkipCorrupt steps over it). A body whose content changed
+// after it was written is caught by its CRC-32C as Record.Open's reader
+// reaches the end: Read returns ErrCorrupt instead of io.EOF.
 //
 // # Sinks
 //

@@ -11,6 +11,13 @@ import (
 func TestDecodeRecord(t *testing.T) {
 	valid := appendRecord(nil, 7, 1234, []byte(`{"event":"accept"}`))
 	mutate := func(f func(b []byte) []byte) []byte { return f(bytes.Clone(valid)) }
+	body := appendBodyRecord(nil, 8, 1234, bodyRef{id: 5, size: 50 << 20, crc: 0xdeadbeef})
+	mutate2 := func(b []byte, f func(b []byte)) []byte { b = bytes.Clone(b); f(b); return b }
+	// fixCRC makes a changed record verify again: what a buggy writer,
+	// not bit rot, would produce.
+	fixCRC := func(b []byte) {
+		binary.LittleEndian.PutUint32(b, crc32.Checksum(b[4:], crc32.MakeTable(crc32.Castagnoli)))
+	}
 	tests := []struct {
 		name    string
 		in      []byte
@@ -29,6 +36,13 @@ func TestDecodeRecord(t *testing.T) {
 		{"length grown", mutate(func(b []byte) []byte { b[4]++; return append(b, 0) }), true, 0},
 		{"length beyond limit", mutate(func(b []byte) []byte { binary.LittleEndian.PutUint32(b[4:], maxRecordLen+1); return b }), true, 0},
 		{"seq zero", appendRecord(nil, 0, 0, []byte("x")), true, 0},
+		{"body record", body, false, len(body)},
+		{"body record, flag cleared", mutate2(body, func(b []byte) { b[7] &^= 0x80; fixCRC(b) }), false, len(body)},
+		{"body record, size changed", mutate2(body, func(b []byte) { b[recHeaderLen+8]++ }), true, 0},
+		{"body record of the wrong length", appendRecordFlags(nil, 3, 0, recFlagBody, make([]byte, bodyRefLen+1)), true, 0},
+		{"body record with id 0", appendBodyRecord(nil, 3, 0, bodyRef{id: 0, size: 9}), true, 0},
+		{"body record with a negative size", appendBodyRecord(nil, 3, 0, bodyRef{id: 1, size: -1}), true, 0},
+		{"other flag bits", mutate2(valid, func(b []byte) { b[7] |= 0x40; fixCRC(b) }), true, 0},
 		{"zeros", make([]byte, 64), true, 0},
 	}
 	for _, tc := range tests {
@@ -54,6 +68,10 @@ func FuzzDecodeRecord(f *testing.F) {
 	f.Add(appendRecord(nil, 1, 0, nil))
 	f.Add([]byte{})
 	f.Add(make([]byte, recHeaderLen))
+	body := appendBodyRecord(nil, 43, 1700000000000000000, bodyRef{id: 9, size: 50 << 20, crc: 0x12345678})
+	f.Add(body)
+	f.Add(append(bytes.Clone(body), valid...))
+	f.Add(body[:len(body)-1])
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, data, n, err := decodeRecord(b)
 		if err != nil {
@@ -68,7 +86,16 @@ func FuzzDecodeRecord(f *testing.F) {
 		if got := crc32.Checksum(b[4:n], crc32.MakeTable(crc32.Castagnoli)); got != binary.LittleEndian.Uint32(b) {
 			t.Fatalf("accepted a record whose CRC %08x does not match %08x", got, binary.LittleEndian.Uint32(b))
 		}
-		if re := appendRecord(nil, h.seq, h.ts, data); !bytes.Equal(re, b[:n]) {
+		re := appendRecord(nil, h.seq, h.ts, data)
+		if h.body {
+			// A body record holds a reference a writer could have made.
+			ref, err := decodeBodyRef(data)
+			if err != nil {
+				t.Fatalf("accepted a body record whose reference does not decode: %v", err)
+			}
+			re = appendBodyRecord(nil, h.seq, h.ts, ref)
+		}
+		if !bytes.Equal(re, b[:n]) {
 			t.Fatalf("re-encoding differs")
 		}
 	})

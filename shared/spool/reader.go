@@ -1,9 +1,12 @@
 package spool
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
+	"io"
 	"os"
 	"sort"
 	"sync"
@@ -11,11 +14,90 @@ import (
 )
 
 // Record is one spooled record. Data is a private copy the caller may keep.
+// A record appended by AppendFrom with more than 256 KiB is kept in a body
+// file: its Data is nil and its content is read with Open.
 type Record struct {
 	Seq  uint64
-	Data []byte
+	Data []byte    // the content; nil if InFile
+	Size int64     // length of the content, in Data or in the body file
 	Time time.Time // when it was appended (Options.Clock)
+
+	body *bodyHandle
 }
+
+// bodyHandle locates a record's body file.
+type bodyHandle struct {
+	path string
+	ref  bodyRef
+}
+
+// InFile reports whether the record's content is in a body file, to be
+// read with Open rather than from Data.
+func (rec Record) InFile() bool { return rec.body != nil }
+
+// Open returns a reader of the record's content, whichever way it is
+// stored; memory use does not depend on the record's size. For a body file
+// the reader checks the size and CRC-32C the record holds: a body damaged
+// on disk after it was written makes Read return an error wrapping
+// ErrCorrupt instead of io.EOF at the end, so a consumer that streams the
+// content on must treat the record as delivered only after io.EOF. Open
+// must be called before the record is committed: the file is deleted once
+// every sink has committed past it (an open reader keeps working).
+func (rec Record) Open() (io.ReadCloser, error) {
+	if rec.body == nil {
+		return io.NopCloser(bytes.NewReader(rec.Data)), nil
+	}
+	f, err := os.Open(rec.body.path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			err = fmt.Errorf("%w: %v", ErrCorrupt, err)
+		}
+		return nil, fmt.Errorf("spool record %d: %w", rec.Seq, err)
+	}
+	return &bodyReader{f: f, seq: rec.Seq, ref: rec.body.ref, left: rec.body.ref.size}, nil
+}
+
+// bodyReader reads a body file and verifies it as it goes.
+type bodyReader struct {
+	f    *os.File
+	seq  uint64
+	ref  bodyRef
+	left int64
+	crc  uint32
+	err  error // sticky end: io.EOF or the verification error
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	if b.left == 0 {
+		b.err = io.EOF
+		if b.crc != b.ref.crc {
+			b.err = fmt.Errorf("spool record %d: %w: body checksum %08x, want %08x", b.seq, ErrCorrupt, b.crc, b.ref.crc)
+		}
+		return 0, b.err
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.f.Read(p)
+	b.crc = crc32.Update(b.crc, castagnoli, p[:n])
+	b.left -= int64(n)
+	if errors.Is(err, io.EOF) {
+		if b.left > 0 {
+			b.err = fmt.Errorf("spool record %d: %w: body file ends %d bytes short", b.seq, ErrCorrupt, b.left)
+			return n, b.err
+		}
+		err = nil // the check comes with the next Read
+	}
+	if err != nil {
+		return n, fmt.Errorf("spool record %d: read body: %w", b.seq, err)
+	}
+	return n, nil
+}
+
+func (b *bodyReader) Close() error { return b.f.Close() }
 
 // inflight remembers a record returned by Next but not yet committed, so
 // that Commit knows where the cursor lands on disk.
@@ -146,7 +228,29 @@ func (r *Reader) decode(limit int64) (Record, int64, error) {
 	if h.seq <= r.lastSeq {
 		return Record{}, 0, r.corrupt(fmt.Errorf("Seq %d after %d", h.seq, r.lastSeq))
 	}
-	return Record{Seq: h.seq, Data: append([]byte(nil), data...), Time: time.Unix(0, h.ts)}, int64(n), nil
+	rec := Record{Seq: h.seq, Time: time.Unix(0, h.ts)}
+	if !h.body {
+		rec.Data = append([]byte(nil), data...)
+		rec.Size = int64(len(data))
+		return rec, int64(n), nil
+	}
+	// A body file is fsynced before its record is written, so one that is
+	// missing or of the wrong size was damaged afterwards: like a record
+	// that no longer verifies, SkipCorrupt steps over it.
+	ref, _ := decodeBodyRef(data) // verified by decodeRecord
+	path := bodyPath(r.s.opts.Dir, ref.id)
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return Record{}, 0, r.corrupt(fmt.Errorf("body file of Seq %d: %v", h.seq, err))
+	case err != nil:
+		return Record{}, 0, fmt.Errorf("spool %s: sink %s: %w", r.s.opts.Dir, r.sink.name, err)
+	case fi.Size() != ref.size:
+		return Record{}, 0, r.corrupt(fmt.Errorf("body file %s of Seq %d has %d bytes, want %d", path, h.seq, fi.Size(), ref.size))
+	}
+	rec.Size = ref.size
+	rec.body = &bodyHandle{path: path, ref: ref}
+	return rec, int64(n), nil
 }
 
 func (r *Reader) corrupt(err error) error {

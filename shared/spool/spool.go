@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"math"
 	"os"
@@ -41,8 +42,13 @@ const (
 	DefaultMaxBuffered  = 64 << 20
 
 	chunkSize = 64 << 10 // unit of the in-memory append buffer
-	readAhead = 256 << 10
-	maxFree   = 64 // chunk buffers kept for reuse
+
+	// inlineMax is the largest record AppendFrom keeps in a segment (read
+	// whole into memory first); larger ones go to a body file.
+	inlineMax  = 256 << 10
+	bodyBufLen = 256 << 10 // copy buffer of AppendFrom
+	readAhead  = 256 << 10
+	maxFree    = 64 // chunk buffers kept for reuse
 )
 
 // Options configure a spool. Dir and Sinks are required.
@@ -66,10 +72,10 @@ type Options struct {
 
 // Errors returned by the spool; match them with errors.Is.
 var (
-	ErrFull     = errors.New("spool full")   // Append: the record was not written (dropped)
-	ErrClosed   = errors.New("spool closed") // the spool was closed
-	ErrTooLarge = errors.New("spool record too large")
-	ErrCorrupt  = errors.New("spool data corrupt") // Reader: a fsynced record no longer verifies
+	ErrFull     = errors.New("spool full")             // Append: the record was not written (dropped)
+	ErrClosed   = errors.New("spool closed")           // the spool was closed
+	ErrTooLarge = errors.New("spool record too large") // Append: over 16 MiB; AppendFrom: over MaxBytes
+	ErrCorrupt  = errors.New("spool data corrupt")     // Reader: a fsynced record no longer verifies
 )
 
 var sinkNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$`)
@@ -94,6 +100,15 @@ type chunk struct {
 	off    int64
 	buf    []byte
 	create bool // first chunk of a new segment file
+}
+
+// bodyFile is a body file and the position of the record that refers to
+// it; guarded by Spool.mu.
+type bodyFile struct {
+	ref      bodyRef
+	path     string
+	end      int64 // logical position just after its record: deleted once every sink is there
+	reserved int64 // AppendFrom's reservation, released when the record is appended
 }
 
 // sinkState is the spool's view of one sink, guarded by Spool.mu.
@@ -132,6 +147,10 @@ type Spool struct {
 	writeErrs  uint64
 	corrupt    int64
 	lastErr    error
+	bodies     []*bodyFile // body files not yet delivered to every sink, in record order
+	bodyBytes  int64       // their sizes
+	bodyRes    int64       // MaxBytes space reserved by AppendFrom calls under way
+	nextBody   uint64      // id of the next body file
 
 	flushMu sync.Mutex // one flush at a time; the holder owns wfiles
 	wfiles  map[*segment]*os.File
@@ -223,6 +242,10 @@ func segPath(dir string, base uint64) string {
 	return filepath.Join(dir, fmt.Sprintf("%020d.seg", base))
 }
 
+func bodyPath(dir string, id uint64) string {
+	return filepath.Join(dir, fmt.Sprintf("%020d.body", id))
+}
+
 func cursorPath(dir, sink string) string {
 	return filepath.Join(dir, sink+".cursor")
 }
@@ -236,6 +259,7 @@ func (s *Spool) recover() error {
 	}
 	var bases []uint64
 	haveCursor := make(map[string]bool)
+	bodyFiles := make(map[uint64]bool)
 	for _, e := range entries {
 		name := e.Name()
 		switch {
@@ -246,6 +270,10 @@ func (s *Spool) recover() error {
 		case strings.HasSuffix(name, ".seg"):
 			if b, err := strconv.ParseUint(strings.TrimSuffix(name, ".seg"), 10, 64); err == nil && b > 0 {
 				bases = append(bases, b)
+			}
+		case strings.HasSuffix(name, ".body"):
+			if id, err := strconv.ParseUint(strings.TrimSuffix(name, ".body"), 10, 64); err == nil && id > 0 {
+				bodyFiles[id] = true
 			}
 		case strings.HasSuffix(name, ".cursor"):
 			sink := strings.TrimSuffix(name, ".cursor")
@@ -291,6 +319,7 @@ func (s *Spool) recover() error {
 	}
 
 	var logical int64
+	var maxBody uint64 // highest body id on disk or referenced: ids are never reused
 	for i, base := range bases {
 		path := segPath(dir, base)
 		last := i == len(bases)-1
@@ -302,7 +331,15 @@ func (s *Spool) recover() error {
 			continue
 		}
 		seg := &segment{base: base, path: path, logStart: logical}
-		visit := func(h recHeader, off int64) {
+		visit := func(h recHeader, off int64, data []byte) {
+			if h.body {
+				ref, _ := decodeBodyRef(data) // verified by scanSegment
+				maxBody = max(maxBody, ref.id)
+				if h.seq > minKnown { // a sink has yet to read it
+					s.bodies = append(s.bodies, &bodyFile{ref: ref, path: bodyPath(dir, ref.id),
+						end: seg.logStart + off + recHeaderLen + bodyRefLen})
+				}
+			}
 			for _, k := range known {
 				if !k.found && h.seq > k.sk.cursor {
 					k.found, k.seg, k.off = true, seg, off
@@ -322,6 +359,10 @@ func (s *Spool) recover() error {
 		}
 		s.segs = append(s.segs, seg)
 		logical += seg.size
+	}
+
+	if err := s.recoverBodies(bodyFiles, maxBody); err != nil {
+		return err
 	}
 
 	// The next Seq is above everything any sink may have seen.
@@ -391,6 +432,37 @@ func (s *Spool) recover() error {
 	return nil
 }
 
+// recoverBodies deletes the body files no sink needs: those of records every
+// sink has passed, and those whose record never became durable (an
+// AppendFrom cut short by a crash). A body file a kept record refers to but
+// that is missing or of the wrong size cannot come from a crash (it is
+// fsynced before its record is written); it is logged, and Reader.Next
+// reports the record as ErrCorrupt.
+func (s *Spool) recoverBodies(onDisk map[uint64]bool, maxBody uint64) error {
+	need := make(map[uint64]bool, len(s.bodies))
+	for _, b := range s.bodies {
+		need[b.ref.id] = true
+		s.bodyBytes += b.ref.size
+		fi, err := os.Stat(b.path)
+		switch {
+		case err != nil:
+			s.logErr(fmt.Errorf("body file of a pending record: %w", err))
+		case fi.Size() != b.ref.size:
+			s.logErr(fmt.Errorf("body file %s has %d bytes, its record says %d", b.path, fi.Size(), b.ref.size))
+		}
+	}
+	for id := range onDisk {
+		maxBody = max(maxBody, id)
+		if !need[id] {
+			if err := os.Remove(bodyPath(s.opts.Dir, id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+		}
+	}
+	s.nextBody = maxBody + 1
+	return nil
+}
+
 // createSegment creates an empty segment file durably.
 func createSegment(dir string, base uint64, logStart int64) (*segment, error) {
 	path := segPath(dir, base)
@@ -418,7 +490,7 @@ func createSegment(dir string, base uint64, logStart int64) (*segment, error) {
 // invalid byte and fsyncs what remains (data surviving a kill -9 may still be
 // only in the page cache). keep is false if the segment held nothing usable
 // and was removed.
-func (s *Spool) scanSegment(seg *segment, last bool, visit func(recHeader, int64)) (keep bool, err error) {
+func (s *Spool) scanSegment(seg *segment, last bool, visit func(recHeader, int64, []byte)) (keep bool, err error) {
 	f, err := os.OpenFile(seg.path, os.O_RDWR, 0)
 	if err != nil {
 		return false, err
@@ -481,7 +553,7 @@ func (s *Spool) scanSegment(seg *segment, last bool, visit func(recHeader, int64
 		if checkRecord(h, hb[:], data) != nil {
 			break
 		}
-		visit(h, off)
+		visit(h, off, data)
 		off += recHeaderLen + int64(h.length)
 		expect++
 	}
@@ -509,29 +581,167 @@ func (s *Spool) scanSegment(seg *segment, last bool, visit func(recHeader, int64
 // then means the record may or may not be stored). When MaxBytes (or
 // MaxBuffered) would be exceeded the record is not written, Stats.Dropped
 // is incremented and the error is ErrFull; Append never blocks on space.
+// A record over 16 MiB is refused with ErrTooLarge: use AppendFrom.
 func (s *Spool) Append(rec []byte) error {
 	if len(rec) > maxRecordLen {
 		s.mu.Lock()
 		s.dropped++
 		s.mu.Unlock()
-		return fmt.Errorf("spool %s: %w: %d bytes, limit %d", s.opts.Dir, ErrTooLarge, len(rec), maxRecordLen)
+		return fmt.Errorf("spool %s: %w: %d bytes, limit %d (AppendFrom takes any size)", s.opts.Dir, ErrTooLarge, len(rec), maxRecordLen)
+	}
+	s.mu.Lock()
+	seq, err := s.appendLocked(rec, 0, nil)
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if s.opts.Durability == Durable {
+		return s.waitDurable(seq)
+	}
+	return nil
+}
+
+// AppendFrom adds a record of exactly size bytes read from r, of any size.
+// A record of up to 256 KiB is read into memory and appended as by Append.
+// A larger one is streamed through a fixed buffer into its own body file,
+// which is fsynced (and the directory with it) before a small record
+// referring to it is appended: the record becomes visible to readers, and
+// takes its Seq, only once its whole content is on disk, and small Appends
+// from other goroutines go on while the body is copied. In Durable mode
+// AppendFrom returns once that record is fsynced too.
+//
+// The record's bytes count against MaxBytes from the start: one larger than
+// MaxBytes fails with ErrTooLarge before r is read, one that does not fit
+// now with ErrFull (a body file record before r is read too). A read error or fewer than size bytes from r fails
+// without leaving any record (the partial body file is removed); bytes of r
+// beyond size are not read.
+func (s *Spool) AppendFrom(r io.Reader, size int64) error {
+	dir := s.opts.Dir
+	if size < 0 {
+		return fmt.Errorf("spool %s: AppendFrom: negative size %d", dir, size)
+	}
+	if size+recHeaderLen > s.opts.MaxBytes {
+		s.mu.Lock()
+		s.dropped++
+		s.mu.Unlock()
+		return fmt.Errorf("spool %s: %w: %d bytes, MaxBytes %d", dir, ErrTooLarge, size, s.opts.MaxBytes)
+	}
+	if size <= inlineMax {
+		buf := make([]byte, size)
+		if n, err := io.ReadFull(r, buf); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF // as for a body: the record is short
+			}
+			return fmt.Errorf("spool %s: read record: %d of %d bytes: %w", dir, n, size, err)
+		}
+		return s.Append(buf)
+	}
+	// The body, its record and a segment header should the record start a
+	// new segment: everything the record can add to the backlog.
+	reserve := size + recHeaderLen + bodyRefLen + segHeaderLen
+	s.mu.Lock()
+	switch {
+	case s.closed:
+		s.mu.Unlock()
+		return fmt.Errorf("spool %s: %w", dir, ErrClosed)
+	case reserve > s.opts.MaxBytes:
+		s.dropped++
+		s.mu.Unlock()
+		return fmt.Errorf("spool %s: %w: %d bytes, MaxBytes %d", dir, ErrTooLarge, size, s.opts.MaxBytes)
+	case s.pendingBytesLocked()+reserve > s.opts.MaxBytes:
+		s.dropped++
+		s.mu.Unlock()
+		return fmt.Errorf("spool %s: %w", dir, ErrFull)
+	}
+	b := &bodyFile{ref: bodyRef{id: s.nextBody, size: size}, path: bodyPath(dir, s.nextBody), reserved: reserve}
+	s.nextBody++
+	s.bodyRes += reserve
+	s.mu.Unlock()
+
+	crc, syncs, err := writeBody(dir, b.path, r, size)
+	b.ref.crc = crc
+	s.mu.Lock()
+	s.fsyncs += syncs
+	var seq uint64
+	if err == nil {
+		seq, err = s.appendLocked(b.ref.encode(), recFlagBody, b)
+	}
+	if err != nil {
+		s.bodyRes -= reserve
+	}
+	s.mu.Unlock()
+	if err != nil {
+		// Nothing refers to the file; a crash before this leaves it to Open.
+		os.Remove(b.path)
+		return err
+	}
+	if s.opts.Durability == Durable {
+		return s.waitDurable(seq)
+	}
+	return nil
+}
+
+var bodyBufs = sync.Pool{New: func() any { b := make([]byte, bodyBufLen); return &b }}
+
+// writeBody copies exactly size bytes of r into a new file at path, fsyncs
+// it and the directory, and returns the CRC-32C of the bytes.
+func writeBody(dir, path string, r io.Reader, size int64) (crc uint32, syncs uint64, err error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	if err != nil {
+		return 0, 0, fmt.Errorf("spool %s: create body file: %w", dir, err)
+	}
+	defer func() {
+		if cerr := f.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("spool %s: close %s: %w", dir, path, cerr)
+		}
+	}()
+	bp := bodyBufs.Get().(*[]byte)
+	defer bodyBufs.Put(bp)
+	buf := *bp
+	for n := int64(0); n < size; {
+		k := int(min(int64(len(buf)), size-n))
+		got, err := io.ReadFull(r, buf[:k])
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, syncs, fmt.Errorf("spool %s: read record: %d of %d bytes: %w", dir, n+int64(got), size, err)
+		}
+		crc = crc32.Update(crc, castagnoli, buf[:k])
+		if _, err := f.Write(buf[:k]); err != nil {
+			return 0, syncs, fmt.Errorf("spool %s: write %s: %w", dir, path, err)
+		}
+		n += int64(k)
+	}
+	syncs++
+	if err := f.Sync(); err != nil {
+		return 0, syncs, fmt.Errorf("spool %s: fsync %s: %w", dir, path, err)
+	}
+	// The directory entry must be durable before the record that names it.
+	syncs++
+	if err := syncDir(dir); err != nil {
+		return 0, syncs, err
+	}
+	return crc, syncs, nil
+}
+
+// appendLocked adds one record to the in-memory buffer and returns its Seq.
+// A body record (body != nil) was counted against MaxBytes when AppendFrom
+// reserved its space, so it is not checked again: it always fits.
+func (s *Spool) appendLocked(rec []byte, flags uint32, body *bodyFile) (uint64, error) {
+	if s.closed {
+		return 0, fmt.Errorf("spool %s: %w", s.opts.Dir, ErrClosed)
 	}
 	n := int64(recHeaderLen + len(rec))
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return fmt.Errorf("spool %s: %w", s.opts.Dir, ErrClosed)
-	}
 	seg := s.segs[len(s.segs)-1]
 	rotate := seg.lastSeq != 0 && seg.size+n > s.opts.SegmentBytes
 	need := n
 	if rotate {
 		need += segHeaderLen
 	}
-	if s.pendingBytesLocked()+need > s.opts.MaxBytes || s.buffered+need > s.opts.MaxBuffered {
+	if body == nil && (s.pendingBytesLocked()+need > s.opts.MaxBytes || s.buffered+need > s.opts.MaxBuffered) {
 		s.dropped++
-		s.mu.Unlock()
-		return fmt.Errorf("spool %s: %w", s.opts.Dir, ErrFull)
+		return 0, fmt.Errorf("spool %s: %w", s.opts.Dir, ErrFull)
 	}
 	oldHead := s.headPos
 	if rotate {
@@ -555,11 +765,17 @@ func (s *Spool) Append(rec []byte) error {
 	seq := s.nextSeq
 	s.nextSeq++
 	ts := s.opts.Clock().UnixNano()
-	c.buf = appendRecord(c.buf, seq, ts, rec)
+	c.buf = appendRecordFlags(c.buf, seq, ts, flags, rec)
 	seg.size += n
 	seg.lastSeq = seq
 	s.headPos += n
 	s.buffered += n
+	if body != nil {
+		body.end = s.headPos
+		s.bodies = append(s.bodies, body)
+		s.bodyBytes += body.ref.size
+		s.bodyRes -= body.reserved
+	}
 	for _, sk := range s.sinks {
 		if sk.pos >= oldHead { // the sink was caught up: this is its oldest unsent record
 			sk.oldest = ts
@@ -572,11 +788,7 @@ func (s *Spool) Append(rec []byte) error {
 		default:
 		}
 	}
-	s.mu.Unlock()
-	if s.opts.Durability == Durable {
-		return s.waitDurable(seq)
-	}
-	return nil
+	return seq, nil
 }
 
 func (s *Spool) newChunkLocked(seg *segment, off, need int64) *chunk {
@@ -597,7 +809,7 @@ func (s *Spool) pendingBytesLocked() int64 {
 	if len(s.sinks) == 0 {
 		return 0
 	}
-	return s.headPos - s.minPosLocked()
+	return s.headPos - s.minPosLocked() + s.bodyBytes + s.bodyRes
 }
 
 func (s *Spool) minPosLocked() int64 {
@@ -792,10 +1004,23 @@ func (s *Spool) flushLoop() {
 	}
 }
 
-// collect deletes sealed segments whose records are delivered to every sink.
+// collect deletes sealed segments whose records are delivered to every sink,
+// and the body files of such records.
 func (s *Spool) collect() {
 	s.mu.Lock()
 	minPos := s.minPosLocked()
+	k := 0
+	for k < len(s.bodies) && s.bodies[k].end <= minPos {
+		k++
+	}
+	var doomedBodies []*bodyFile
+	if k > 0 {
+		doomedBodies = append(doomedBodies, s.bodies[:k]...)
+		s.bodies = append(s.bodies[:0], s.bodies[k:]...)
+		for _, b := range doomedBodies {
+			s.bodyBytes -= b.ref.size
+		}
+	}
 	var doomed []*segment
 	for len(s.segs) > 1 {
 		seg := s.segs[0]
@@ -806,6 +1031,12 @@ func (s *Spool) collect() {
 		s.segs = s.segs[1:]
 	}
 	s.mu.Unlock()
+	for _, b := range doomedBodies {
+		// A failed delete leaves a file that the next Open removes.
+		if err := os.Remove(b.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			s.logErr(err)
+		}
+	}
 	for _, seg := range doomed {
 		// A failed delete leaves a file that the next Open removes.
 		if err := os.Remove(seg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -892,6 +1123,8 @@ type Stats struct {
 	OldestUnsent   time.Time // zero if nothing is pending
 	PerSink        map[string]SinkStats
 	Dropped        uint64 // Appends refused (ErrFull, ErrTooLarge)
+	BodyFiles      int    // body files of records not yet delivered to every sink
+	BodyBytes      int64  // their bytes (included in Bytes)
 
 	LastSeq      uint64 // last Seq appended
 	DurableSeq   uint64 // last Seq fsynced (visible to readers)
@@ -917,6 +1150,8 @@ func (s *Spool) Stats() Stats {
 		Bytes:        s.pendingBytesLocked(),
 		PerSink:      make(map[string]SinkStats, len(s.sinks)),
 		Dropped:      s.dropped,
+		BodyFiles:    len(s.bodies),
+		BodyBytes:    s.bodyBytes,
 		LastSeq:      s.nextSeq - 1,
 		DurableSeq:   s.durableSeq,
 		Segments:     len(s.segs),
