@@ -55,8 +55,9 @@ type Options struct {
 	// Rules serves the snapshot in force (required).
 	Rules service.RulesView
 	// Counter counts rate-limit hits across sites (the site's state.Store);
-	// nil in standalone mode, where counting is in process memory only. The
-	// hits of one stage go to it in one IncrMany call.
+	// nil or an in-memory state.Backend in standalone mode, where counting
+	// is in process memory only. The hits of one stage go to it in one
+	// IncrMany call (state.BudgetedCounter).
 	Counter state.Counter
 	// Timeout bounds one Counter call (redis.timeout); default
 	// state.DefaultTimeout. Past it the hits are counted in memory instead.
@@ -71,9 +72,7 @@ type Options struct {
 // Milter is the access milter. It is safe for concurrent sessions.
 type Milter struct {
 	rules   service.RulesView
-	counter state.Counter // nil: memory only
-	mem     *state.MemCounter
-	timeout time.Duration
+	counter *state.BudgetedCounter
 	log     zerolog.Logger
 	met     metrics
 	empty   *rules.Snapshot
@@ -89,13 +88,10 @@ var (
 )
 
 // New builds the access milter from the process environment: rules from
-// env.Rules, rate counters in env.Store (nil: standalone, memory only) with
-// redis.timeout as the per-call budget.
+// env.Rules, rate counters in env.Store (Redis, with redis.timeout as the
+// per-call budget, or in memory in standalone mode), windows by env.Clock.
 func New(env *service.Env) (milterrt.Milter, error) {
-	o := Options{Rules: env.Rules, Registerer: env.Registry, Log: env.Log}
-	if env.Store != nil { // a nil *Store must not become a non-nil interface
-		o.Counter = env.Store
-	}
+	o := Options{Rules: env.Rules, Registerer: env.Registry, Log: env.Log, Counter: env.Store, Clock: env.Clock}
 	if env.Config != nil && env.Config.Redis != nil {
 		o.Timeout = env.Config.Redis.Timeout
 	}
@@ -110,20 +106,16 @@ func NewMilter(o Options) (*Milter, error) {
 	if o.Rules == nil {
 		return nil, errors.New("access: Options.Rules is required")
 	}
-	if o.Timeout <= 0 {
-		o.Timeout = state.DefaultTimeout
-	}
 	empty, err := rules.Compile(&rules.Set{})
 	if err != nil {
 		return nil, fmt.Errorf("access: compile empty rule set: %w", err)
 	}
-	m := &Milter{
-		rules:   o.Rules,
-		counter: o.Counter,
-		mem:     state.NewMemCounter(o.Clock),
-		timeout: o.Timeout,
-		log:     o.Log,
-		empty:   empty,
+	m := &Milter{rules: o.Rules, log: o.Log, empty: empty}
+	m.counter, err = state.NewBudgetedCounter(state.BudgetedCounterOptions{
+		Counter: o.Counter, Timeout: o.Timeout, Clock: o.Clock, Milter: Name, Registerer: o.Registerer,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("access: %w", err)
 	}
 	if m.met, err = newMetrics(o.Registerer); err != nil {
 		return nil, err
@@ -193,47 +185,33 @@ func (m *Milter) analysisFor(snap *rules.Snapshot) *analysis {
 
 // countMany counts one hit for each request, all in one call: in the site
 // store within the call budget, else (Redis down, slow, or standalone) in
-// process memory.
-func (m *Milter) countMany(st *milterrt.State, reqs []state.IncrReq) ([]state.Count, error) {
-	if m.counter != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), m.timeout)
-		cs, err := m.counter.IncrMany(ctx, reqs)
-		cancel()
-		if err == nil {
-			m.met.countedRedis.Add(float64(len(reqs)))
-			for _, c := range cs {
-				if c.Degraded {
-					st.MarkDegraded(DegradedRedisPeer)
-				}
-			}
-			return cs, nil
-		}
+// process memory. It marks the transaction degraded accordingly and says
+// where the hits were counted (redis or memory, for the trail).
+func (m *Milter) countMany(st *milterrt.State, reqs []state.IncrReq) ([]state.Count, string, error) {
+	res, err := m.counter.IncrMany(context.Background(), reqs)
+	if res.Fallback {
 		st.MarkDegraded(DegradedRedis)
-		m.met.fallbacks.Add(float64(len(reqs)))
 	}
-	m.met.countedMemory.Add(float64(len(reqs)))
-	return m.mem.IncrMany(context.Background(), reqs)
+	if res.PeerDegraded {
+		st.MarkDegraded(DegradedRedisPeer)
+	}
+	where := "redis"
+	if res.Fallback || m.counter.InMemory() {
+		where = "memory"
+	}
+	return res.Counts, where, err
 }
 
 // metrics of the access milter (the runtime counts decisions per stage).
+// The rate counting metrics (geomilter_access_rate_counts_total{store},
+// geomilter_access_rate_fallbacks_total) are state.BudgetedCounter's.
 type metrics struct {
-	counts                      *prometheus.CounterVec // rate-limit hits counted, by store
-	countedRedis, countedMemory prometheus.Counter     // its two children
-	fallbacks                   prometheus.Counter     // hits counted in memory because Redis failed
-	exceeded                    prometheus.Counter     // rate limits exceeded
-	relayRefused                prometheus.Counter     // recipients refused by the built-in relay check
+	exceeded     prometheus.Counter // rate limits exceeded
+	relayRefused prometheus.Counter // recipients refused by the built-in relay check
 }
 
 func newMetrics(reg prometheus.Registerer) (metrics, error) {
 	m := metrics{
-		counts: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "geomilter_access_rate_counts_total",
-			Help: "Rate-limit hits counted, by where they were counted (redis, memory).",
-		}, []string{"store"}),
-		fallbacks: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "geomilter_access_rate_fallbacks_total",
-			Help: "Rate-limit hits counted in process memory because this site's Redis did not answer in time.",
-		}),
 		exceeded: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "geomilter_access_rate_exceeded_total",
 			Help: "Rate limits found exceeded (the rule's action was applied).",
@@ -243,11 +221,10 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 			Help: "Recipients refused because relaying to their domain was not authorised.",
 		}),
 	}
-	m.countedRedis, m.countedMemory = m.counts.WithLabelValues("redis"), m.counts.WithLabelValues("memory")
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.counts, m.fallbacks, m.exceeded, m.relayRefused} {
+	for _, c := range []prometheus.Collector{m.exceeded, m.relayRefused} {
 		if err := reg.Register(c); err != nil {
 			return metrics{}, fmt.Errorf("access: register metrics: %w", err)
 		}

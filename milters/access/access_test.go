@@ -440,8 +440,8 @@ func TestNewFromEnv(t *testing.T) {
 		t.Fatal(err)
 	}
 	am := m.(*Milter)
-	if am.counter != nil || am.timeout != 40*time.Millisecond {
-		t.Errorf("counter %v timeout %v: want memory only (no store) and redis.timeout", am.counter, am.timeout)
+	if !am.counter.InMemory() || am.counter.Timeout() != 40*time.Millisecond {
+		t.Errorf("in memory %v timeout %v: want memory only (no store) and redis.timeout", am.counter.InMemory(), am.counter.Timeout())
 	}
 	if m.Name() != "access" || m.Modifications() != milterrt.MayQuarantine ||
 		m.Stages() != milterrt.StageConnect|milterrt.StageHelo|milterrt.StageMail|milterrt.StageRcpt {

@@ -20,6 +20,19 @@ const (
 	atRcpt
 )
 
+// String names the stage as trail events do.
+func (s stage) String() string {
+	switch s {
+	case atConnect:
+		return "connect"
+	case atHelo:
+		return "helo"
+	case atMail:
+		return "mail"
+	}
+	return "rcpt"
+}
+
 // condStage is the stage at which all of m's conditions are known, the
 // direction condition aside.
 func condStage(m *rules.Match) stage {

@@ -109,7 +109,7 @@ rules:
 	if got := run(t, m, outside, "s0@outside.example", "a@acme.example").summary(); got != "mail:tempfail:per-sender rules=per-sender" {
 		t.Fatalf("second message of s0: %s", got)
 	}
-	if n := m.mem.Len(); n != 3 {
+	if n := m.counter.MemoryLen(); n != 3 {
 		t.Errorf("%d counter windows, want 3 (one per sender, none for the missing login)", n)
 	}
 }

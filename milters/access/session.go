@@ -4,12 +4,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strconv"
-	"strings"
 
 	"github.com/geomilter/geomilter/shared/milterrt"
 	"github.com/geomilter/geomilter/shared/rules"
 	"github.com/geomilter/geomilter/shared/state"
+	"github.com/geomilter/geomilter/shared/trail"
+	"github.com/geomilter/geomilter/shared/verdict"
 )
 
 // session is one milter connection (one Postfix SMTP session).
@@ -42,7 +42,7 @@ type session struct {
 
 func (s *session) Connect(st *milterrt.State) milterrt.Decision {
 	s.ip = addrOf(st.ClientAddr)
-	s.name = normName(st.ClientHost)
+	s.name = rules.NormDomain(st.ClientHost)
 	s.local = isLocal(st)
 	s.connRule, s.heloRule = nil, nil
 	snap := s.m.snapshot()
@@ -92,9 +92,14 @@ func (s *session) MailFrom(st *milterrt.State) milterrt.Decision {
 	}
 	s.relayOK = s.local || s.relayTenant != nil
 	s.facts = rules.Facts{ClientIP: s.ip, ClientName: s.name, Helo: st.Helo, Sender: sender, SASLUser: sasl, Direction: s.dir}
+	sec := s.section(st)
+	sec.Direction = s.dir.String()
+	if s.relayTenant != nil {
+		sec.RelayTenant = s.relayTenant.ID
+	}
 
 	if r := s.settled(); r != nil {
-		s.note(st, r, "connection "+actionPhrase(r))
+		s.note(st, r, atMail, "", "connection "+actionPhrase(r))
 		return milterrt.Continue()
 	}
 	if s.an == nil {
@@ -160,13 +165,13 @@ func (s *session) early(st *milterrt.State, snap *rules.Snapshot, ix *shadowInde
 		switch r.Action {
 		case rules.ActionAllow:
 			if at == atMail { // connection-level allows are noted per transaction, at MAIL
-				s.note(st, r, actionPhrase(r))
+				s.note(st, r, at, "", actionPhrase(r))
 			}
 			return milterrt.Continue(), r
 		case rules.ActionQuarantine:
-			return s.decision(st, r), r
+			return s.decision(st, r, at, ""), r
 		}
-		return s.decision(st, r), nil
+		return s.decision(st, r, at, ""), nil
 	}
 	return milterrt.Continue(), nil
 }
@@ -179,7 +184,7 @@ func (s *session) RcptTo(st *milterrt.State, rcpt *milterrt.Recipient) milterrt.
 			return d
 		}
 	}
-	dom := domainOf(rcpt.Addr)
+	dom := rules.DomainOf(rcpt.Addr)
 	// A recipient without a domain (RCPT TO:<postmaster>) is local to the
 	// MTA; any other domain that no tenant owns is a relay destination.
 	relay := dom != "" && s.snap.TenantOf(dom) == nil
@@ -193,12 +198,14 @@ func (s *session) RcptTo(st *milterrt.State, rcpt *milterrt.Recipient) milterrt.
 	if r != nil {
 		switch r.Action {
 		case rules.ActionReject, rules.ActionTempfail, rules.ActionRelayDeny:
-			return s.decision(st, r)
+			return s.decision(st, r, atRcpt, rcpt.Addr)
 		}
 	}
 	if relay && !s.relayOK && (r == nil || r.Action != rules.ActionRelayPermit) {
 		s.m.met.relayRefused.Inc()
 		st.AddRuleID(RelayRuleID)
+		sec := s.section(st)
+		sec.RelayRefused = append(sec.RelayRefused, trail.RelayRefusal{Rcpt: rcpt.Addr, Domain: dom})
 		return milterrt.Reject("554", "5.7.1", "Relay access denied").WithRule(RelayRuleID).
 			WithReason(fmt.Sprintf("relay to %s refused: the client is not a relay of any tenant and no relay_permit rule applies", dom))
 	}
@@ -207,14 +214,14 @@ func (s *session) RcptTo(st *milterrt.State, rcpt *milterrt.Recipient) milterrt.
 	}
 	switch r.Action {
 	case rules.ActionDiscard:
-		return s.decision(st, r)
+		return s.decision(st, r, atRcpt, rcpt.Addr)
 	case rules.ActionQuarantine:
 		if s.settled() != nil {
 			return milterrt.Continue() // already held for the whole message
 		}
-		return s.decision(st, r)
+		return s.decision(st, r, atRcpt, rcpt.Addr)
 	}
-	s.note(st, r, actionPhrase(r)) // allow, relay_permit
+	s.note(st, r, atRcpt, rcpt.Addr, actionPhrase(r)) // allow, relay_permit
 	return milterrt.Continue()
 }
 
@@ -261,12 +268,13 @@ func (s *session) rateValue(r *rules.Rule, dom string) string {
 			return s.ip.String()
 		}
 	case rules.RateSender:
-		if s.facts.Sender == "<>" {
+		addr, _, null := rules.SplitAddr(s.facts.Sender)
+		if null {
 			return "<>"
 		}
-		return strings.ToLower(strings.Trim(s.facts.Sender, "<>"))
+		return addr
 	case rules.RateSASLUser:
-		return strings.ToLower(strings.TrimSpace(s.facts.SASLUser))
+		return rules.NormName(s.facts.SASLUser)
 	case rules.RateTenant:
 		if s.dir == rules.Outbound {
 			return s.relayTenant.ID
@@ -293,9 +301,11 @@ type rateReq struct {
 // rateResult is the count of one subject for the transaction.
 type rateResult struct {
 	r        *rules.Rule
-	total    int64 // the window's total over all sites, this message included
-	err      error // not counted (an invalid window; validation rules it out)
-	reported bool  // its rule id (and the reason of a trip) is in the trail
+	value    string // what it counts by
+	total    int64  // the window's total over all sites, this message included
+	store    string // where it was counted: redis or memory
+	err      error  // not counted (an invalid window; validation rules it out)
+	reported bool   // its rule id (and the reason of a trip) is in the trail
 }
 
 func (res *rateResult) exceeded() bool { return res.err == nil && res.total > int64(res.r.Rate.Limit) }
@@ -317,7 +327,7 @@ func (s *session) countRates(st *milterrt.State, reqs []rateReq) {
 		if s.rates == nil {
 			s.rates = make(map[string]*rateResult, 4)
 		}
-		res := &rateResult{r: q.r}
+		res := &rateResult{r: q.r, value: q.value}
 		s.rates[subject] = res
 		s.counted = append(s.counted, subject)
 		incr = append(incr, state.IncrReq{Subject: subject, Window: q.r.Rate.Per})
@@ -326,13 +336,13 @@ func (s *session) countRates(st *milterrt.State, reqs []rateReq) {
 	if len(incr) == 0 {
 		return
 	}
-	counts, err := s.m.countMany(st, incr)
+	counts, store, err := s.m.countMany(st, incr)
 	for i, res := range pending {
 		if err != nil {
 			res.err = err
 			continue
 		}
-		res.total = counts[i].Total
+		res.total, res.store = counts[i].Total, store
 	}
 }
 
@@ -364,11 +374,13 @@ func (s *session) rateExceeded(st *milterrt.State, r *rules.Rule, value string) 
 			// reach counted the message too; the deciding rule goes last.
 			s.reportCounted(st)
 			st.AddRuleID(r.ID)
+			s.reportRate(st, res)
 			s.m.met.exceeded.Inc()
 			st.AddReason(fmt.Sprintf("rate rule %s: %s %s counted %d in the current %s window, limit %d",
 				r.ID, r.Rate.Key, value, res.total, r.Rate.Per, r.Rate.Limit))
 		default:
 			st.AddRuleID(r.ID)
+			s.reportRate(st, res)
 		}
 	}
 	return res.exceeded(), res.err == nil
@@ -381,55 +393,50 @@ func (s *session) reportCounted(st *milterrt.State) {
 		if res := s.rates[subject]; !res.reported && res.err == nil {
 			res.reported = true
 			st.AddRuleID(res.r.ID)
+			s.reportRate(st, res)
 		}
 	}
 }
 
-// decision turns a decisive restrictive rule into the runtime's decision,
-// naming the rule for the trail.
-func (s *session) decision(st *milterrt.State, r *rules.Rule) milterrt.Decision {
-	st.AddRuleID(r.ID)
-	reason := "access rule " + r.ID + " (" + r.Scope.String() + "): " + string(r.Action)
-	if r.IsRate() {
-		reason += " (rate limit exceeded)"
-	}
-	var d milterrt.Decision
-	switch r.Action {
-	case rules.ActionReject:
-		d = reply(milterrt.ActionReject, r, "550", "5.7.1", "Access denied")
-	case rules.ActionTempfail:
-		d = reply(milterrt.ActionTempFail, r, "451", "4.7.1", "Try again later")
-	case rules.ActionRelayDeny:
-		d = reply(milterrt.ActionReject, r, "554", "5.7.1", "Relay access denied")
-	case rules.ActionDiscard:
-		d = milterrt.Discard()
-	case rules.ActionQuarantine:
-		d = milterrt.Quarantine("access rule " + r.ID)
-	default:
-		// allow and relay_permit are not refusals; the callers never pass them.
-		d = milterrt.Continue()
-	}
-	return d.WithRule(r.ID).WithReason(reason)
+// reportRate puts a counted rate rule's count into the trail section.
+func (s *session) reportRate(st *milterrt.State, res *rateResult) {
+	sec := s.section(st)
+	sec.Rates = append(sec.Rates, trail.RateCount{
+		RuleID: res.r.ID, Key: string(res.r.Rate.Key), Value: res.value,
+		Count: res.total, Limit: res.r.Rate.Limit, WindowS: res.r.Rate.Per.Seconds(),
+		Exceeded: res.exceeded(), Store: res.store,
+	})
 }
 
-// reply builds a reject or tempfail with the rule's reply, or the defaults
-// (for a rate rule the default text says why).
-func reply(a milterrt.Action, r *rules.Rule, code, enh, text string) milterrt.Decision {
-	if r.IsRate() {
-		text = "Rate limit exceeded"
+// section returns the transaction's trail section, made on first use (the
+// runtime drops it when the transaction ends; the event keeps it).
+func (s *session) section(st *milterrt.State) *trail.AccessSection {
+	if sec, ok := st.Section.(*trail.AccessSection); ok {
+		return sec
 	}
-	if r.Reply.Code != 0 {
-		code, enh = strconv.Itoa(r.Reply.Code), r.Reply.Enhanced // an empty enhanced code gets the runtime's default of the class
-	}
-	if r.Reply.Text != "" {
-		text = r.Reply.Text
-	}
-	return milterrt.Decision{Action: a, Code: code, Enhanced: enh, Text: text}
+	sec := &trail.AccessSection{}
+	st.Section = sec
+	return sec
+}
+
+// hit records in the trail section that rule r was applied at stage at
+// (for recipient rcpt, at RCPT).
+func (s *session) hit(st *milterrt.State, r *rules.Rule, at stage, rcpt string) {
+	sec := s.section(st)
+	sec.Rules = append(sec.Rules, trail.RuleHit{ID: r.ID, Scope: r.Scope.String(), Action: string(r.Action), Stage: at.String(), Rcpt: rcpt})
+}
+
+// decision turns a decisive restrictive rule into the runtime's decision
+// (verdict.FromRule), naming the rule for the trail.
+func (s *session) decision(st *milterrt.State, r *rules.Rule, at stage, rcpt string) milterrt.Decision {
+	st.AddRuleID(r.ID)
+	s.hit(st, r, at, rcpt)
+	return verdict.FromRule(Name, r)
 }
 
 // note records a permissive decision (allow, relay_permit) for the trail,
 // once per rule and transaction.
-func (s *session) note(st *milterrt.State, r *rules.Rule, what string) {
+func (s *session) note(st *milterrt.State, r *rules.Rule, at stage, rcpt, what string) {
 	for _, id := range s.noted {
 		if id == r.ID {
 			return
@@ -437,6 +444,7 @@ func (s *session) note(st *milterrt.State, r *rules.Rule, what string) {
 	}
 	s.noted = append(s.noted, r.ID)
 	st.AddRuleID(r.ID)
+	s.hit(st, r, at, rcpt)
 	st.AddReason("access rule " + r.ID + " (" + r.Scope.String() + "): " + what)
 }
 
@@ -484,26 +492,4 @@ func isLocal(st *milterrt.State) bool {
 		return true
 	}
 	return st.ClientPort == 0 && st.ClientAddr.IsLoopback()
-}
-
-func normName(s string) string {
-	return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(s)), ".")
-}
-
-// domainOf returns an envelope address's domain, lower case, without a
-// trailing dot; "" when it has none. Angle brackets and an RFC 5321 source
-// route (@a,@b:user@dom) are dropped as rules.Snapshot does.
-func domainOf(addr string) string {
-	addr = strings.TrimSpace(addr)
-	addr = strings.TrimSuffix(strings.TrimPrefix(addr, "<"), ">")
-	if strings.HasPrefix(addr, "@") {
-		if i := strings.IndexByte(addr, ':'); i >= 0 {
-			addr = addr[i+1:]
-		}
-	}
-	at := strings.LastIndexByte(addr, '@')
-	if at < 0 {
-		return ""
-	}
-	return normName(addr[at+1:])
 }

@@ -186,7 +186,7 @@ func (s *Snapshot) TenantOf(domain string) *Tenant {
 	if len(s.tenantByDomain) == 0 {
 		return nil
 	}
-	return s.tenantByDomain[normDomain(domain)]
+	return s.tenantByDomain[NormDomain(domain)]
 }
 
 // TenantForRelay returns the tenant whose outbound relay this client is: the
@@ -195,7 +195,7 @@ func (s *Snapshot) TenantOf(domain string) *Tenant {
 // containing ip. Nil if neither.
 func (s *Snapshot) TenantForRelay(ip netip.Addr, saslUser string) *Tenant {
 	if saslUser != "" && len(s.tenantBySASL) > 0 {
-		if t := s.tenantBySASL[strings.ToLower(strings.TrimSpace(saslUser))]; t != nil {
+		if t := s.tenantBySASL[NormName(saslUser)]; t != nil {
 			return t
 		}
 	}
@@ -443,6 +443,7 @@ const (
 	cSenderDom
 	cRcptDom
 	cSASL
+	cContent // subject or header
 )
 
 // crule is a rule in matchable form. Its first fields are what rejects
@@ -469,6 +470,7 @@ type conds struct {
 	senderDom hostSet
 	rcptDom   hostSet
 	sasl      strSet
+	content   *contentConds
 }
 
 func compileRule(r *Rule, tenants map[string]*Tenant, slab *[]conds) crule {
@@ -483,7 +485,7 @@ func compileRule(r *Rule, tenants map[string]*Tenant, slab *[]conds) crule {
 	for _, k := range []struct {
 		bit uint8
 		vs  []string
-	}{{cName, m.ClientName}, {cHelo, m.Helo}, {cSender, m.Sender}, {cRcpt, m.Rcpt}, {cSenderDom, m.SenderDomain}, {cRcptDom, m.RcptDomain}, {cSASL, m.SASLUser}} {
+	}{{cName, m.ClientName}, {cHelo, m.Helo}, {cSender, m.Sender}, {cRcpt, m.Rcpt}, {cSenderDom, m.SenderDomain}, {cRcptDom, m.RcptDomain}, {cSASL, m.SASLUser}, {cContent, m.Subject}, {cContent, m.Header}} {
 		if len(k.vs) > 0 {
 			c.has |= k.bit
 		}
@@ -500,6 +502,7 @@ func compileRule(r *Rule, tenants map[string]*Tenant, slab *[]conds) crule {
 		senderDom: newHostSet(m.SenderDomain),
 		rcptDom:   newHostSet(m.RcptDomain),
 		sasl:      newStrSet(m.SASLUser),
+		content:   compileContent(m),
 	})
 	c.c = &(*slab)[len(*slab)-1]
 	return c
@@ -507,5 +510,6 @@ func compileRule(r *Rule, tenants map[string]*Tenant, slab *[]conds) crule {
 
 // needsConds reports whether compileRule will take a conds from the slab.
 func needsConds(m *Match) bool {
-	return len(m.ClientName)+len(m.Helo)+len(m.Sender)+len(m.Rcpt)+len(m.SenderDomain)+len(m.RcptDomain)+len(m.SASLUser) > 0
+	return len(m.ClientName)+len(m.Helo)+len(m.Sender)+len(m.Rcpt)+len(m.SenderDomain)+len(m.RcptDomain)+len(m.SASLUser) > 0 ||
+		m.HasContent()
 }

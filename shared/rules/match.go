@@ -3,7 +3,6 @@ package rules
 import (
 	"net/netip"
 	"slices"
-	"strings"
 )
 
 // Facts is what a milter knows about a message when it asks which rules
@@ -23,6 +22,16 @@ type Facts struct {
 	// outbound when the client is a tenant's relay (TenantForRelay), inbound
 	// otherwise.
 	Direction Direction
+
+	// ContentKnown says the message's header section is known (from end of
+	// headers on, in the content milters): only then are the subject and
+	// header conditions evaluated; before, a rule with one never matches.
+	ContentKnown bool
+	// Subject is the Subject field's value, unfolded and with RFC 2047
+	// encoded words decoded ("" when the message has none).
+	Subject string
+	// Headers are the message's header fields in order (see Header).
+	Headers []Header
 }
 
 // query is Facts normalized once per lookup.
@@ -38,49 +47,22 @@ type query struct {
 	dir        Direction
 	scopeDom   string
 	tenant     *Tenant
-}
-
-// splitAddr normalizes an envelope address: angle brackets, an RFC 5321
-// source route ("@a,@b:user@dom") and a trailing dot on the domain are
-// dropped, and it is lower-cased. null reports "<>".
-func splitAddr(s string) (addr, dom string, null bool) {
-	s = strings.TrimSpace(s)
-	if strings.HasPrefix(s, "<") && strings.HasSuffix(s, ">") {
-		s = s[1 : len(s)-1]
-		if s == "" {
-			return "", "", true
-		}
-	}
-	if strings.HasPrefix(s, "@") {
-		if i := strings.IndexByte(s, ':'); i >= 0 {
-			s = s[i+1:]
-		}
-	}
-	if s == "" {
-		return "", "", false
-	}
-	s = strings.ToLower(s)
-	at := strings.LastIndexByte(s, '@')
-	if at < 0 {
-		return s, "", false
-	}
-	dom = strings.TrimSuffix(s[at+1:], ".")
-	if len(dom) != len(s)-at-1 {
-		s = s[:at+1] + dom
-	}
-	return s, dom, false
+	content    contentFacts
 }
 
 func (s *Snapshot) prepare(f *Facts) query {
 	q := query{
 		ip:   f.ClientIP.Unmap().WithZone(""),
-		name: normDomain(f.ClientName),
-		helo: strings.ToLower(strings.TrimSpace(f.Helo)),
-		sasl: strings.ToLower(strings.TrimSpace(f.SASLUser)),
+		name: NormDomain(f.ClientName),
+		helo: NormName(f.Helo),
+		sasl: NormName(f.SASLUser),
 		dir:  f.Direction,
 	}
-	q.sender, q.senderDom, q.senderNull = splitAddr(f.Sender)
-	q.rcpt, q.rcptDom, _ = splitAddr(f.Rcpt)
+	if f.ContentKnown {
+		q.content = contentFacts{known: true, subject: f.Subject, headers: f.Headers}
+	}
+	q.sender, q.senderDom, q.senderNull = SplitAddr(f.Sender)
+	q.rcpt, q.rcptDom, _ = SplitAddr(f.Rcpt)
 	var relay *Tenant
 	if q.dir == DirectionUnknown || q.dir == Outbound {
 		relay = s.TenantForRelay(q.ip, q.sasl)
@@ -107,7 +89,8 @@ func (s *Snapshot) prepare(f *Facts) query {
 // within a scope lower priority first, then restrictive actions (reject,
 // tempfail, discard, quarantine, relay_deny, …) before permissive ones
 // (allow, relay_permit), then by id. Rate rules are included; the caller
-// counts them. Content conditions (subject, header) are not evaluated.
+// counts them. Content conditions (subject, header) are evaluated when
+// f.ContentKnown; before, a rule with one does not match.
 // The rules are shared and must not be modified.
 func (s *Snapshot) Match(milter string, f Facts) []*Rule {
 	ix := s.milters[milter]
@@ -231,7 +214,8 @@ func (c *crule) matches(q *query) bool {
 		c.has&cSenderDom != 0 && !k.senderDom.match(q.senderDom),
 		c.has&cRcptDom != 0 && !k.rcptDom.match(q.rcptDom),
 		c.has&cHelo != 0 && !k.helo.match(q.helo),
-		c.has&cName != 0 && !k.name.match(q.name):
+		c.has&cName != 0 && !k.name.match(q.name),
+		c.has&cContent != 0 && !k.content.match(&q.content):
 		return false
 	}
 	return true

@@ -85,10 +85,11 @@ type Match struct {
 	SASLUser     []string
 	Direction    Direction // DirectionUnknown: either direction
 	// Subject and Header are content conditions for the policy, archive and
-	// encrypt milters; they are stored and validated here but evaluated by
-	// those milters (Snapshot.Match does not see message content).
-	// A value "/re/" is a regular expression (RE2), anything else a
-	// case-insensitive substring; Header values are "Name: pattern".
+	// encrypt milters (an error in an access rule: it decides before the
+	// content exists). Snapshot.Match evaluates them when Facts carry the
+	// content. A value "/re/" is a case-insensitive RE2 regular expression,
+	// anything else a case-insensitive substring; Header values are
+	// "Name: pattern". See content.go.
 	Subject []string
 	Header  []string
 }
@@ -102,7 +103,7 @@ func (m *Match) IsEmpty() bool {
 }
 
 // HasContent reports whether m has conditions on message content (subject,
-// header), which the caller must evaluate itself.
+// header), which match only once the content is known (Facts.ContentKnown).
 func (m *Match) HasContent() bool { return len(m.Subject) > 0 || len(m.Header) > 0 }
 
 // Direction is the direction of a message relative to the site.
@@ -178,7 +179,7 @@ func ParseScope(s string) (Scope, error) {
 		}
 		return Scope{Kind: ScopeTenant, Name: name}, nil
 	case found && kind == "domain":
-		d := normDomain(name)
+		d := NormDomain(name)
 		if err := checkDomain(d); err != nil {
 			return Scope{}, fmt.Errorf("scope %q: %w", s, err)
 		}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -73,11 +72,6 @@ func checkID(id string) error {
 		}
 	}
 	return nil
-}
-
-// normDomain lower-cases a domain and drops a trailing root dot.
-func normDomain(d string) string {
-	return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(d)), ".")
 }
 
 // checkDomain validates a lower-case ASCII domain name (labels of letters,
@@ -171,31 +165,6 @@ func checkHeloPattern(v string) error {
 	return checkName(v)
 }
 
-var headerName = regexp.MustCompile(`^[!-9;-~]+$`) // RFC 5322 ftext
-
-// checkContentPattern validates a subject/header pattern: "/re/" or a
-// non-empty substring.
-func checkContentPattern(v string) error {
-	if len(v) >= 2 && v[0] == '/' && v[len(v)-1] == '/' {
-		if _, err := regexp.Compile(v[1 : len(v)-1]); err != nil {
-			return fmt.Errorf("invalid regular expression %q: %v", v, err)
-		}
-		return nil
-	}
-	if strings.TrimSpace(v) == "" {
-		return errors.New("pattern is empty")
-	}
-	return nil
-}
-
-func checkHeaderPattern(v string) error {
-	name, pat, ok := strings.Cut(v, ":")
-	if !ok || !headerName.MatchString(name) {
-		return fmt.Errorf("header condition %q must be \"Name: pattern\"", v)
-	}
-	return checkContentPattern(strings.TrimSpace(pat))
-}
-
 // normPrefix turns IPv4-mapped IPv6 prefixes into IPv4 ones, so
 // ::ffff:192.0.2.0/120 and 192.0.2.0/24 are the same rule and match the
 // (unmapped) client address the milter sees.
@@ -246,13 +215,13 @@ func parsePrefix(s string) (netip.Prefix, error) {
 
 func lowerAll(vs []string) {
 	for i, v := range vs {
-		vs[i] = strings.ToLower(strings.TrimSpace(v))
+		vs[i] = NormName(v)
 	}
 }
 
 func normDomains(vs []string) {
 	for i, v := range vs {
-		vs[i] = normDomain(v)
+		vs[i] = NormDomain(v)
 	}
 }
 
@@ -273,11 +242,11 @@ func (r *Rule) normalize() {
 	lowerAll(m.Helo)
 	for _, vs := range [][]string{m.Sender, m.Rcpt} {
 		for i, v := range vs {
-			v = strings.ToLower(strings.TrimSpace(v))
+			v = NormName(v)
 			if at := strings.LastIndexByte(v, '@'); at >= 0 {
-				v = v[:at] + "@" + strings.TrimSuffix(v[at+1:], ".")
+				v = v[:at] + "@" + NormDomain(v[at+1:])
 			} else if v != "<>" {
-				v = normDomain(v)
+				v = NormDomain(v)
 			}
 			vs[i] = v
 		}
@@ -286,7 +255,7 @@ func (r *Rule) normalize() {
 	normDomains(m.RcptDomain)
 	lowerAll(m.SASLUser)
 	if r.Scope.Kind == ScopeDomain {
-		r.Scope.Name = normDomain(r.Scope.Name)
+		r.Scope.Name = NormDomain(r.Scope.Name)
 	}
 }
 
@@ -418,14 +387,18 @@ func (m *Match) check(milter string) problems {
 		// The access milter decides before the message content exists; a
 		// content condition there could never be evaluated.
 		if len(m.Subject) > 0 {
-			ps.add("match.subject", "the access milter decides before the message content is known; use milter policy")
+			ps.add("match.subject", "%s", contentInAccess)
 		}
 		if len(m.Header) > 0 {
-			ps.add("match.header", "the access milter decides before the message content is known; use milter policy")
+			ps.add("match.header", "%s", contentInAccess)
 		}
 	}
 	return ps
 }
+
+// contentInAccess says why subject and header are errors in access rules.
+const contentInAccess = "the access milter decides before the message content exists (it never sees headers); " +
+	"subject and header conditions belong in policy, archive or encrypt rules"
 
 func (t *Tenant) check() problems {
 	var ps problems

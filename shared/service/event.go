@@ -35,6 +35,11 @@ func eventFromState(st *milterrt.State, now time.Time) *trail.Event {
 	if st.ClientAddr != nil {
 		ev.ClientIP = st.ClientAddr.String()
 	}
+	// The section is the milter's own per-transaction value: the event may
+	// keep it (the runtime drops its reference when the transaction ends).
+	if sec, ok := st.Section.(trail.Section); ok {
+		ev.SetSection(sec)
+	}
 	if st.Final.IsFailure() {
 		ev.Reply = st.Final.Reply()
 	}

@@ -19,5 +19,10 @@
 // circuit breaker, so an unresponsive instance costs at most one call that
 // waits out the budget per breaker cycle and nothing afterwards.
 //
+// Milters use the state through the Backend interface, never nil: a Store,
+// or in standalone mode a MemStore (the same calls in process memory, one
+// site), and count rate-limit hits through a BudgetedCounter (the store
+// within the call budget, process memory when it does not answer).
+//
 // The keys, their types, TTLs and merge rules are documented in docs/state.md.
 package state

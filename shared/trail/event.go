@@ -54,6 +54,13 @@ type Event struct {
 	// LatencyMS is this milter's own processing time for the transaction, from
 	// MAIL FROM (or connect) to its final reply, in milliseconds.
 	LatencyMS float64 `json:"latency_ms"`
+
+	// The milter's typed section (sections.go): at most one is set, the
+	// one of Milter.
+	Access  *AccessSection  `json:"access,omitempty"`
+	Policy  *PolicySection  `json:"policy,omitempty"`
+	Archive *ArchiveSection `json:"archive,omitempty"`
+	Encrypt *EncryptSection `json:"encrypt,omitempty"`
 }
 
 // Rcpt is one recipient with its own verdict.

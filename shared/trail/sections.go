@@ -1,0 +1,191 @@
+package trail
+
+// The typed sections of an event: each milter records what it found in
+// fields of its own (rules matched, counts, authentication results, journal
+// records) rather than only in the free-text reasons, so a reader can query
+// them. An event carries at most one section, its milter's; the JSON key is
+// the milter's name. docs/trail-events.md documents every field; readers
+// ignore fields they do not know, so fields are added without a schema
+// bump.
+
+// Section is one milter's part of an event. The milter sets a new value per
+// transaction in milterrt.State.Section; the process attaches it to the
+// event (Event.SetSection). The set of section types is closed: the four
+// below.
+type Section interface{ attach(e *Event) }
+
+// SetSection puts s into its milter's field of e; nil does nothing.
+func (e *Event) SetSection(s Section) {
+	if s != nil {
+		s.attach(e)
+	}
+}
+
+// RuleHit is an ops rule that took part in a decision.
+type RuleHit struct {
+	ID     string `json:"id"`
+	Scope  string `json:"scope"`  // global, tenant:ID or domain:DOMAIN
+	Action string `json:"action"` // the rule's action (reject, allow, archive, …)
+	// Stage is where the rule was applied: connect, helo, mail, rcpt, eoh or
+	// eom.
+	Stage string `json:"stage,omitempty"`
+	// Rcpt is the recipient it was applied to, for a per-recipient decision.
+	Rcpt string `json:"rcpt,omitempty"`
+}
+
+// AccessSection is the access milter's part (JSON key "access").
+type AccessSection struct {
+	// Direction is inbound or outbound as the milter judged it at MAIL.
+	Direction string `json:"direction,omitempty"`
+	// RelayTenant is the tenant whose relay the client is (outbound mail).
+	RelayTenant string `json:"relay_tenant,omitempty"`
+	// Rules are the rules that decided (a refusal, a quarantine) or let the
+	// message through (allow, relay_permit), in the order applied.
+	Rules []RuleHit `json:"rules,omitempty"`
+	// Rates are the rate rules that counted this message, with the counts
+	// they saw; Exceeded marks the one that tripped.
+	Rates []RateCount `json:"rates,omitempty"`
+	// RelayRefused are the recipients refused by the built-in relay check.
+	RelayRefused []RelayRefusal `json:"relay_refused,omitempty"`
+}
+
+func (s *AccessSection) attach(e *Event) { e.Access = s }
+
+// RateCount is one rate rule's count for a message.
+type RateCount struct {
+	RuleID string `json:"rule_id"`
+	Key    string `json:"key"`   // client_ip, sender, sasl_user or tenant
+	Value  string `json:"value"` // what was counted: the address, sender, login or tenant id
+	// Count is the fixed window's total over all sites, this message
+	// included; Limit and WindowS are the rule's (limit per window_s
+	// seconds). The rule trips when Count > Limit.
+	Count    int64   `json:"count"`
+	Limit    int     `json:"limit"`
+	WindowS  float64 `json:"window_s"`
+	Exceeded bool    `json:"exceeded,omitempty"`
+	// Store is where it was counted: redis, or memory (standalone, or the
+	// fallback while Redis did not answer; see degraded).
+	Store string `json:"store"`
+}
+
+// RelayRefusal is a recipient refused because relaying to its domain was not
+// authorised.
+type RelayRefusal struct {
+	Rcpt   string `json:"rcpt"`
+	Domain string `json:"domain"`
+}
+
+// PolicySection is the policy milter's part (JSON key "policy").
+type PolicySection struct {
+	// SPF has one result per identity checked (RFC 7208 §2.3 helo, §2.4
+	// mailfrom).
+	SPF []SPFResult `json:"spf,omitempty"`
+	// DKIM has one result per DKIM-Signature field verified (RFC 6376).
+	DKIM []DKIMResult `json:"dkim,omitempty"`
+	// DMARC is the evaluation for the RFC5322.From domain (RFC 7489).
+	DMARC *DMARCResult `json:"dmarc,omitempty"`
+	// DNSBL lists the block lists that listed the client.
+	DNSBL []DNSBLHit `json:"dnsbl,omitempty"`
+	// Greylist is the greylisting outcome, when it ran.
+	Greylist *GreylistResult `json:"greylist,omitempty"`
+	// Score is the message's total score and Threshold the one it was
+	// judged against (the parts are in the event's scores).
+	Score     float64 `json:"score"`
+	Threshold float64 `json:"threshold,omitempty"`
+	// Rules are the policy rules that decided or let the message through.
+	Rules []RuleHit `json:"rules,omitempty"`
+}
+
+func (s *PolicySection) attach(e *Event) { e.Policy = s }
+
+// SPFResult is one SPF check.
+type SPFResult struct {
+	Identity string `json:"identity"` // helo or mailfrom
+	Domain   string `json:"domain"`
+	// Result is an RFC 7208 §2.6 result: none, neutral, pass, fail,
+	// softfail, temperror, permerror.
+	Result string `json:"result"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// DKIMResult is one signature's verification.
+type DKIMResult struct {
+	Domain     string `json:"domain"`               // d=
+	Selector   string `json:"selector"`             // s=
+	Identifier string `json:"identifier,omitempty"` // i=
+	// Result is an RFC 8601 §2.7.1 result: pass, fail, neutral, policy,
+	// temperror, permerror.
+	Result string `json:"result"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// DMARCResult is the DMARC evaluation of a message.
+type DMARCResult struct {
+	Domain string `json:"domain"` // the RFC5322.From domain
+	// Policy is the domain's published p= (none, quarantine, reject), ""
+	// when it has no record.
+	Policy string `json:"policy,omitempty"`
+	// Result is pass, fail, none, temperror or permerror (RFC 8601 §2.7.6).
+	Result      string `json:"result"`
+	SPFAligned  bool   `json:"spf_aligned"`
+	DKIMAligned bool   `json:"dkim_aligned"`
+	// Disposition is what the milter applied for DMARC: none, quarantine or
+	// reject (a local policy may apply less than the domain asks).
+	Disposition string `json:"disposition,omitempty"`
+}
+
+// DNSBLHit is a block list that listed the client.
+type DNSBLHit struct {
+	Zone   string `json:"zone"`
+	Answer string `json:"answer"` // the A record returned, e.g. 127.0.0.2
+}
+
+// GreylistResult is the greylisting outcome for a message.
+type GreylistResult struct {
+	// Status is new (first sighting: deferred), waiting (retried too early:
+	// deferred), passed (retried in time, or passed before) or skipped.
+	Status string `json:"status"`
+	// FirstSeenMS is the first sighting at any site, Unix milliseconds.
+	FirstSeenMS int64 `json:"first_seen_ms,omitempty"`
+}
+
+// ArchiveSection is the archive milter's part (JSON key "archive").
+type ArchiveSection struct {
+	// RecordID identifies the journal record written for the message.
+	RecordID string `json:"record_id,omitempty"`
+	// Targets are the archive destinations and what became of the record
+	// at each.
+	Targets []ArchiveTarget `json:"targets,omitempty"`
+	// Bytes is the size of the journal record.
+	Bytes int64 `json:"bytes,omitempty"`
+	// Rules are the archive rules that applied (archive, skip).
+	Rules []RuleHit `json:"rules,omitempty"`
+}
+
+func (s *ArchiveSection) attach(e *Event) { e.Archive = s }
+
+// ArchiveTarget is one archive destination.
+type ArchiveTarget struct {
+	Name string `json:"name"`
+	// Status is stored (written there), spooled (kept locally for a later
+	// delivery) or failed.
+	Status string `json:"status"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// EncryptSection is the encrypt milter's part (JSON key "encrypt").
+type EncryptSection struct {
+	// Trigger is what asked for encryption: rule (an encrypt rule matched),
+	// header (the sender's marking header), or none (the message went as
+	// it came).
+	Trigger string `json:"trigger"`
+	// Route is how the message leaves: the configured route's name, ""
+	// when not encrypted.
+	Route string `json:"route,omitempty"`
+	// Rcpts are the recipients it was encrypted for, when not all.
+	Rcpts []string `json:"rcpts,omitempty"`
+	// Rules are the encrypt rules that applied (encrypt, skip).
+	Rules []RuleHit `json:"rules,omitempty"`
+}
+
+func (s *EncryptSection) attach(e *Event) { e.Encrypt = s }
