@@ -45,8 +45,13 @@ func runMilter(name string, f service.Factory, args []string, stderr io.Writer) 
 func checkConfig(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	cfgPath := fs.String("config", "/etc/geomilter/geomilter.yaml", "config file")
+	cfgPath := fs.String("config", "/etc/geomilter/geomilter.yaml", "host config file")
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		// Else `check-config FILE` would check the default file instead.
+		fmt.Fprintf(stderr, "check-config: unexpected argument %q (the file goes after --config)\n", fs.Arg(0))
 		return 2
 	}
 	return config.CheckConfig(*cfgPath, stdout)

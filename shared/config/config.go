@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/geomilter/geomilter/shared/yamlconf"
@@ -36,6 +37,11 @@ type Config struct {
 
 	// File is the path the config was loaded from (the name given to Parse).
 	File string `yaml:"-"`
+
+	// doc is where each key is in File, for the host checks' messages.
+	doc *yamlconf.Doc
+	// options holds each configured milter's own options (MilterOptions).
+	options map[string]any
 }
 
 // RedisConfig is the redis section: this site's primary, the local read-only
@@ -142,6 +148,11 @@ type MilterConfig struct {
 	// MessageMemory is how much of one message is kept in memory before the
 	// rest goes to a file in MessageDir.
 	MessageMemory yamlconf.Size `yaml:"message_memory"`
+
+	// Rest holds the milter's own keys while the file is decoded; Parse
+	// hands them to the options type the milter's package registered
+	// (RegisterMilterOptions) and empties it. See Config.MilterOptions.
+	Rest yamlconf.Rest `yaml:",rest"`
 }
 
 // MilterNames lists the milters in metrics-port offset order: access is
@@ -201,18 +212,46 @@ func unwrapPath(err error) error {
 // Parse decodes and validates a config file's contents; file is the name
 // used in problem messages. On failure the error is a yamlconf.Problems.
 func Parse(file string, data []byte) (*Config, error) {
+	return parse(file, data, registered)
+}
+
+func parse(file string, data []byte, reg *registry) (*Config, error) {
 	cfg := &Config{File: file}
 	doc, _ := yamlconf.Decode(file, data, cfg)
 	if !doc.Has("") && len(doc.Problems()) == 0 {
 		doc.Problemf("", "the file is empty; a config needs at least site, state_dir and spool_dir")
 		return nil, doc.Problems().Err()
 	}
+	if keys := rulesKeys(doc); keys != "" {
+		// A list of unknown keys would not tell the user what happened.
+		return nil, yamlconf.Problems{{File: file, Msg: "this looks like a rules file (" + keys +
+			"); check-config wants a host config, see deploy/examples/geomilter.yaml " +
+			"(rules files are checked with geomilter ctl rules apply -f FILE --dry-run)"}}
+	}
 	applyDefaults(cfg, doc, os.Hostname)
+	decodeMilterOptions(cfg, doc, reg)
 	validate(cfg, doc)
 	if err := doc.Problems().Err(); err != nil {
 		return nil, err
 	}
+	cfg.doc = doc
 	return cfg, nil
+}
+
+// rulesKeys returns "tenants:, rules:" (the ones present) when the document
+// has a rules file's top-level keys and none of a host config's required
+// ones; "" otherwise.
+func rulesKeys(doc *yamlconf.Doc) string {
+	if doc.Has("site") || doc.Has("state_dir") || doc.Has("spool_dir") || doc.Has("milters") {
+		return ""
+	}
+	var keys []string
+	for _, k := range []string{"tenants", "rules"} {
+		if doc.Has(k) {
+			keys = append(keys, k+":")
+		}
+	}
+	return strings.Join(keys, ", ")
 }
 
 // Standalone reports whether this host runs without Redis: rules from

@@ -38,6 +38,18 @@ type decoder struct {
 	// reached: positions inside an expansion point at the alias, where the
 	// user wrote this path, rather than at the anchor.
 	at *yaml.Node
+	// root is the document node, and exhaustedShown whether the step limit's
+	// problem has been reported (once, even when Doc.DecodeRest goes on).
+	root           *yaml.Node
+	exhaustedShown bool
+}
+
+// reportExhausted reports, once, that the step limit was reached.
+func (d *decoder) reportExhausted() {
+	if d.exhausted && !d.exhaustedShown {
+		d.exhaustedShown = true
+		d.doc.add(d.root, "", fmt.Sprintf("document too complex: more than %d values after expanding aliases", d.limit))
+	}
 }
 
 func reflectValueOf(out any) reflect.Value {
@@ -403,7 +415,7 @@ func fieldsOf(t reflect.Type) []field {
 		sf := t.Field(i)
 		tag := sf.Tag.Get("yaml")
 		name, opts, _ := strings.Cut(tag, ",")
-		if name == "-" || (!sf.IsExported() && !sf.Anonymous) {
+		if name == "-" || (!sf.IsExported() && !sf.Anonymous) || sf.Type == restType {
 			continue
 		}
 		if strings.Contains(","+opts+",", ",inline,") && sf.Type.Kind() == reflect.Struct {
@@ -429,11 +441,23 @@ func (d *decoder) structure(n *yaml.Node, v reflect.Value, path string) {
 		return
 	}
 	fields := fieldsOf(v.Type())
+	var rest *Rest
+	if i := restIndex(v.Type()); i >= 0 {
+		rest = v.Field(i).Addr().Interface().(*Rest)
+		*rest = Rest{dec: d, path: path, known: fields}
+	}
 	for _, e := range d.entries(n, path) {
 		cp := childPath(path, e.name)
 		d.withAt(e, func() {
 			d.record(cp, e.key)
 			f, ok := findField(fields, e.name)
+			if !ok && rest != nil {
+				if e.at == nil {
+					e.at = d.at
+				}
+				rest.entries = append(rest.entries, e)
+				return
+			}
 			if !ok {
 				d.problem(e.key, cp, "%s", unknownKeyMsg(e.name, fields))
 				return

@@ -9,7 +9,8 @@
 // the position of every key, so later semantic checks (Doc.Problemf) can point
 // at the line too.
 //
-// Supported targets: structs (keys from `yaml:"name"` tags, `,inline`),
+// Supported targets: structs (keys from `yaml:"name"` tags, `,inline`, and a
+// `,rest` field of type Rest that keeps undeclared keys for Doc.DecodeRest),
 // pointers, slices, maps with string keys, strings, bools, integers, floats,
 // time.Duration ("25ms"), Size ("64MiB"), and types implementing Unmarshaler
 // or encoding.TextUnmarshaler for scalar values. Aliases are expanded (with a
@@ -162,11 +163,9 @@ func Decode(file string, data []byte, out any) (*Doc, Problems) {
 	}
 	d.pos[""] = position{root.Line, root.Column}
 	d.hasRoot = true
-	dec := &decoder{doc: d, limit: stepLimit(len(data)), active: make(map[*yaml.Node]bool)}
+	dec := &decoder{doc: d, limit: stepLimit(len(data)), active: make(map[*yaml.Node]bool), root: root}
 	dec.value(root, rv, "")
-	if dec.exhausted {
-		d.add(root, "", fmt.Sprintf("document too complex: more than %d values after expanding aliases", dec.limit))
-	}
+	dec.reportExhausted()
 	return d, d.Problems()
 }
 
