@@ -328,8 +328,8 @@ func TestRunSendsFixedMessage(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if len(headers) != 3 || headers[0] != (milterrt.HeaderField{Name: "DKIM-Signature", Value: "v=1; d=x;\n\tb=abc"}) ||
-		headers[2] != (milterrt.HeaderField{Name: "Subject", Value: "fixed"}) {
+	if len(headers) != 3 || headers[0] != milterrt.NewHeaderField("DKIM-Signature", "v=1; d=x;\n\tb=abc") ||
+		headers[2] != milterrt.NewHeaderField("Subject", "fixed") {
 		t.Errorf("milter saw headers %q", headers)
 	}
 	if string(body) != "hello\r\n.dot line\r\n" {

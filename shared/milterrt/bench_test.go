@@ -1,10 +1,13 @@
-package milterrt
+package milterrt_test
 
 import (
 	"bytes"
 	"testing"
 
 	milter "github.com/emersion/go-milter"
+
+	. "github.com/geomilter/geomilter/shared/milterrt"
+	"github.com/geomilter/geomilter/shared/milterrt/miltertest"
 )
 
 // BenchmarkTransaction measures one transaction through go-milter's client and
@@ -17,7 +20,7 @@ func BenchmarkTransaction(b *testing.B) {
 	body := bytes.Repeat([]byte("a line of message body text, seventy-odd bytes long, for benchmarks.\r\n"), 30)
 	headers := [][2]string{{"From", "a@example.org"}, {"To", "b@example.net"}, {"Subject", "benchmark"},
 		{"Message-ID", "<1@example.org>"}, {"Date", "Mon, 1 Jan 2024 00:00:00 +0000"}}
-	txn := func(b *testing.B, c *client) {
+	txn := func(b *testing.B, c *miltertest.Client) {
 		if _, err := c.Mail("a@example.org", nil); err != nil {
 			b.Fatal(err)
 		}
@@ -53,13 +56,13 @@ func BenchmarkTransaction(b *testing.B) {
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			ts := start(b, NoopMilter{Want: bc.stages}, Options{OnTransaction: func(*State) {}}, false)
-			dial := func() (*client, error) {
+			dial := func() (*miltertest.Client, error) {
 				if bc.v6 {
-					return ts.dialV6(b, postfixActions, postfixProtocol), nil
+					return ts.DialOffer(b, miltertest.PostfixActions, miltertest.PostfixProtocol), nil
 				}
-				return ts.dial(b)
+				return ts.TryDial(miltertest.Proto2Actions, miltertest.Proto2Protocol)
 			}
-			var c *client
+			var c *miltertest.Client
 			if !bc.newConn {
 				var err error
 				if c, err = dial(); err != nil {

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	milter "github.com/emersion/go-milter"
+
+	"github.com/geomilter/geomilter/shared/message"
 )
 
 // panicDecision answers every event of a transaction whose Session panicked.
@@ -53,9 +55,10 @@ type connection struct {
 	macroCmd                 byte     // command of the macros received last
 	macros                   []string // name, value, …: merged at that command's event
 	connMacros               map[string]string
-	replyPending             bool // the reply to the current event is not written yet
-	endAfter                 bool // end the transaction once that reply is written
-	abortAfter               bool // … calling Session.Abort first
+	replyPending             bool  // the reply to the current event is not written yet
+	endAfter                 bool  // end the transaction once that reply is written
+	abortAfter               bool  // … calling Session.Abort first
+	msgErr                   error // the transaction's message could not be stored whole (MessageUser)
 	closeOnce                sync.Once
 }
 
@@ -223,6 +226,12 @@ func (c *connection) endTxn(callAbort bool) {
 	if cb := c.srv.opts.OnTransaction; cb != nil {
 		c.safe("on_transaction", func() { cb(&c.st) })
 	}
+	if m := c.st.Message; m != nil {
+		if err := m.Close(); err != nil {
+			c.srv.log.Warn().Str("session", c.id).Str("txn", c.st.TxnID).Err(err).Msg("message file not removed")
+		}
+	}
+	c.msgErr = nil
 	c.st.resetTxn(c.connMacros)
 	c.txnOpen = false
 	c.txnPoison = false
@@ -425,11 +434,13 @@ func (c *connection) dispatch(code byte, data []byte) (r *response, event bool, 
 		name, _ := cstring(data)
 		return c.onHelo(name), true, nil
 	case milter.CodeMail:
-		return c.onMail(addrArg(data)), true, nil
+		from, params := addrArg(data)
+		return c.onMail(from, params), true, nil
 	case milter.CodeRcpt:
-		return c.onRcpt(addrArg(data)), true, nil
+		to, params := addrArg(data)
+		return c.onRcpt(to, params), true, nil
 	case milter.CodeHeader:
-		h, err := headerPacket(data)
+		h, err := headerPacket(data, c.proto&milter.OptHeaderLeadingSpace != 0)
 		if err != nil {
 			return nil, false, err
 		}
@@ -494,34 +505,65 @@ func (c *connection) onHelo(name string) *response {
 	return c.connLevel(StageHelo, d)
 }
 
-func (c *connection) onMail(from string) *response {
+func (c *connection) onMail(from string, params Params) *response {
 	c.enter()
 	c.abortTxn() // a MAIL without ABORT after the previous transaction
 	c.openTxn()
 	c.applyMacros()
-	c.st.Sender = from
+	c.st.Sender, c.st.MailParams = from, params
 	d := c.run(StageMail, func() Decision { return c.impl.MailFrom(&c.st) })
 	return c.txnLevel(StageMail, d)
 }
 
-func (c *connection) onRcpt(to string) *response {
+func (c *connection) onRcpt(to string, params Params) *response {
 	c.beginTxnEvent()
-	r := &Recipient{Addr: to}
+	r := &Recipient{Addr: to, Params: params}
 	c.st.Rcpts = append(c.st.Rcpts, r)
 	d := c.run(StageRcpt, func() Decision { return c.impl.RcptTo(&c.st, r) })
 	r.Decision = d
 	return c.txnLevel(StageRcpt, d)
 }
 
+// storeMessage applies fn to the transaction's message, created at its first
+// content event, for a MessageUser milter. The first error is logged and
+// counted, and makes end of message tempfail: a milter must never accept a
+// message it could not read whole.
+func (c *connection) storeMessage(what string, fn func(*message.Message) error) {
+	if !c.srv.usesMessage || c.msgErr != nil {
+		return
+	}
+	if c.st.Message == nil {
+		c.st.Message = message.New(message.Options{Dir: c.srv.opts.MessageDir, MemoryLimit: c.srv.opts.MessageMemory})
+	}
+	if err := fn(c.st.Message); err != nil {
+		c.msgErr = fmt.Errorf("%s: %w", what, err)
+		c.srv.met.msgErrors.Inc()
+		c.srv.log.Error().Str("session", c.id).Str("txn", c.st.TxnID).Err(c.msgErr).Str("dir", c.srv.opts.MessageDir).
+			Msg("message could not be stored whole for the milter; the transaction will be tempfailed at end of message")
+	}
+}
+
+// listed reports whether the milter asked for stage: a MessageUser gets
+// content stages negotiated that its Session does not handle.
+func (c *connection) listed(stage Stages) bool { return c.srv.listed&stage != 0 }
+
 func (c *connection) onHeader(h HeaderField) *response {
 	c.beginTxnEvent()
 	c.st.Headers = append(c.st.Headers, h)
+	c.storeMessage("header", func(m *message.Message) error { return m.AddHeader(h.Name, h.Raw) })
+	if !c.listed(StageHeaders) {
+		return c.replyIf(StageHeaders, respContinue)
+	}
 	d := c.run(StageHeaders, func() Decision { return c.impl.Header(&c.st, h) })
 	return c.txnLevel(StageHeaders, d)
 }
 
 func (c *connection) onEOH() *response {
 	c.beginTxnEvent()
+	c.storeMessage("end of headers", (*message.Message).EndHeaders)
+	if !c.listed(StageEOH) {
+		return c.replyIf(StageEOH, respContinue)
+	}
 	d := c.run(StageEOH, func() Decision { return c.impl.EndOfHeaders(&c.st) })
 	return c.txnLevel(StageEOH, d)
 }
@@ -529,12 +571,24 @@ func (c *connection) onEOH() *response {
 func (c *connection) onBody(chunk []byte) *response {
 	c.beginTxnEvent()
 	c.st.BodyBytes += int64(len(chunk))
+	c.storeMessage("body", func(m *message.Message) error { _, err := m.Write(chunk); return err })
+	if !c.listed(StageBody) {
+		return c.replyIf(StageBody, respContinue)
+	}
 	d := c.run(StageBody, func() Decision { return c.impl.BodyChunk(&c.st, chunk) })
 	return c.txnLevel(StageBody, d)
 }
 
 func (c *connection) onEOM() *response {
 	c.beginTxnEvent()
+	c.storeMessage("end of message", func(*message.Message) error { return nil }) // a message without header or body
+	if _, _, held := c.heldDecision(true); c.msgErr != nil && !held {
+		// The milter would read an incomplete message: it is not asked.
+		d := TempFail("451", "4.3.0", "Temporary failure").WithReason("message not stored whole: " + c.msgErr.Error()).normalised()
+		c.srv.met.decision(StageEOM, d.Action)
+		c.decideAfter(StageEOM, d, true)
+		return c.reply(toResponse(StageEOM, d))
+	}
 	md := &modifier{c: c, allowed: c.srv.actions & c.actions}
 	d := c.run(StageEOM, func() Decision { return c.impl.EndOfMessage(&c.st, md) })
 	d = c.finalEOM(d, md)

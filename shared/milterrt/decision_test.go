@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	milter "github.com/emersion/go-milter"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func TestToResponse(t *testing.T) {
@@ -131,5 +132,15 @@ func TestStateHelpers(t *testing.T) {
 	st.resetTxn(map[string]string{"j": "mx"})
 	if len(st.Macros) != 1 || st.Rcpts != nil || st.Degraded != nil || st.Scores != nil {
 		t.Errorf("after reset: %+v", st)
+	}
+}
+
+// A second server for the same milter on the same registry shares the metrics.
+func TestMetricsSharedOnOneRegistry(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	s1 := New(NoopMilter{}, Options{Registerer: reg})
+	s2 := New(NoopMilter{}, Options{Registerer: reg})
+	if s2.met.sessions != s1.met.sessions {
+		t.Error("second server did not reuse the registered collectors")
 	}
 }

@@ -1,4 +1,4 @@
-package milterrt
+package milterrt_test
 
 import (
 	"encoding/binary"
@@ -9,6 +9,9 @@ import (
 	"time"
 
 	milter "github.com/emersion/go-milter"
+
+	. "github.com/geomilter/geomilter/shared/milterrt"
+	"github.com/geomilter/geomilter/shared/milterrt/miltertest"
 )
 
 // packet frames one milter command: 4-byte length, command byte, payload.
@@ -24,8 +27,10 @@ func packet(code byte, payload []byte) []byte {
 // served normally. Protocol bytes come from outside (a misbehaving MTA or
 // anything that can reach the socket).
 func FuzzProtocolBytes(f *testing.F) {
-	m := &testMilter{stages: AllStages, actions: MayAddHeader | MayQuarantine}
-	ts := start(f, m, Options{IdleTimeout: 2 * time.Second}, false)
+	// A MessageUser with a tiny memory threshold: the message path (files
+	// included) is fuzzed too.
+	m := wholeMilter{&testMilter{stages: AllStages, actions: MayAddHeader | MayQuarantine}}
+	ts := start(f, m, Options{IdleTimeout: 2 * time.Second, MessageDir: f.TempDir(), MessageMemory: 64}, false)
 
 	optneg := make([]byte, 12)
 	binary.BigEndian.PutUint32(optneg[0:], 6)
@@ -44,7 +49,7 @@ func FuzzProtocolBytes(f *testing.F) {
 	f.Add(append(packet('A', nil), packet('Q', nil)...))
 
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c, err := net.DialTimeout(ts.network, ts.addr, 5*time.Second)
+		c, err := net.DialTimeout(ts.Network, ts.Addr, 5*time.Second)
 		if err != nil {
 			t.Fatalf("server stopped accepting: %v", err)
 		}
@@ -68,14 +73,14 @@ func FuzzProtocolBytes(f *testing.F) {
 		c.Close()
 
 		// A well-behaved session right after is served as usual.
-		cl, err := ts.dial(t)
+		cl, err := ts.TryDial(miltertest.Proto2Actions, miltertest.Proto2Protocol)
 		if err != nil {
 			t.Fatalf("session after fuzz input: %v", err)
 		}
-		defer cl.conn.Close()
-		cont(t, "conn")(cl.Conn("client.example", milter.FamilyInet, 40000, "192.0.2.10"))
-		cont(t, "mail")(cl.Mail("a@b.example", nil))
-		cont(t, "rcpt")(cl.Rcpt("c@d.example", nil))
-		cl.end(t, milter.ActAccept, 0, "")
+		defer cl.Raw.Close()
+		miltertest.Cont(t, "conn")(cl.Conn("client.example", milter.FamilyInet, 40000, "192.0.2.10"))
+		miltertest.Cont(t, "mail")(cl.Mail("a@b.example", nil))
+		miltertest.Cont(t, "rcpt")(cl.Rcpt("c@d.example", nil))
+		cl.EndExpect(t, milter.ActAccept, 0, "")
 	})
 }

@@ -151,3 +151,15 @@ func TestListenInet(t *testing.T) {
 		t.Error("listening on an address not on this host succeeded")
 	}
 }
+
+// socketDir returns a short directory: unix socket paths are limited to 108
+// bytes, which t.TempDir() can exceed.
+func socketDir(t testing.TB) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "mrt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}

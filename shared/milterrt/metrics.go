@@ -26,9 +26,12 @@ type metrics struct {
 	// protoErrors counts connections closed for input that breaks the milter
 	// protocol.
 	protoErrors prometheus.Counter
-	decisions   [numStages][numActions]prometheus.Counter
-	duration    [numStages]prometheus.Observer
-	txns        [numTxnLabels]prometheus.Counter
+	// msgErrors counts transactions tempfailed because their message could
+	// not be stored whole (disk full, …).
+	msgErrors prometheus.Counter
+	decisions [numStages][numActions]prometheus.Counter
+	duration  [numStages]prometheus.Observer
+	txns      [numTxnLabels]prometheus.Counter
 }
 
 // stageBuckets span 50µs (a decision from memory) to 5s (far past any budget).
@@ -46,6 +49,8 @@ func newMetrics(reg prometheus.Registerer, name string) *metrics {
 		Name: "geomilter_milter_panics_total", Help: "Panics recovered in milter session code.", ConstLabels: cl}))
 	protoErrors := register(reg, prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "geomilter_milter_protocol_errors_total", Help: "Milter connections closed because the MTA broke the milter protocol.", ConstLabels: cl}))
+	msgErrors := register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "geomilter_milter_message_errors_total", Help: "Transactions tempfailed because the message could not be stored whole for the milter (disk full, …).", ConstLabels: cl}))
 	decisions := register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "geomilter_milter_decisions_total", Help: "Decisions returned, by stage and action.", ConstLabels: cl},
 		[]string{"stage", "action"}))
@@ -56,7 +61,7 @@ func newMetrics(reg prometheus.Registerer, name string) *metrics {
 		Name: "geomilter_milter_transactions_total", Help: "Transactions ended, by final action (aborted: ended without a decision).", ConstLabels: cl},
 		[]string{"action"}))
 
-	m := &metrics{active: active, sessions: sessions, refused: refused, panics: panics, protoErrors: protoErrors}
+	m := &metrics{active: active, sessions: sessions, refused: refused, panics: panics, protoErrors: protoErrors, msgErrors: msgErrors}
 	// Resolve every label combination once: the hot path then only adds.
 	for s := 0; s < numStages; s++ {
 		m.duration[s] = duration.WithLabelValues(stageNames[s])

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 
 	milter "github.com/emersion/go-milter"
@@ -38,6 +39,17 @@ type Milter interface {
 // on that connection's goroutine: it must be quick and safe for concurrent use.
 type Decider interface {
 	DecidesAt() Stages
+}
+
+// MessageUser is implemented by a milter that reads the whole message (to
+// sign, verify, scan or journal it). When UsesMessage returns true (it is
+// asked once, by New) the runtime negotiates headers, end of headers and body
+// whatever Stages() says, keeps each transaction's message as it arrives
+// (shared/message: in memory up to Options.MessageMemory, then in a file in
+// Options.MessageDir) and hands it over as State.Message. Session methods of
+// stages not in Stages() are still not called.
+type MessageUser interface {
+	UsesMessage() bool
 }
 
 // Session handles the events of one milter connection, one at a time, on the
@@ -96,8 +108,11 @@ type Modifier interface {
 	Quarantine(reason string) error
 	AddRcpt(rcpt string) error
 	DelRcpt(rcpt string) error
-	// ReplaceBody replaces the whole body (CRLF or LF line ends).
-	ReplaceBody(body []byte) error
+	// ReplaceBody replaces the whole body with what r gives (CRLF or LF line
+	// ends), read and sent in packets of 64 KiB as it goes, so a body of any
+	// size takes bounded memory. An error reading r comes back wrapped after
+	// part of the new body may have left: answer tempfail then.
+	ReplaceBody(r io.Reader) error
 }
 
 // ErrNotNegotiated is returned by a Modifier call whose action the milter did
@@ -181,26 +196,61 @@ func (md *modifier) DelRcpt(rcpt string) error {
 // uses for body chunks.
 const replaceBodyChunk = milter.MaxBodyChunk
 
-func (md *modifier) ReplaceBody(body []byte) error {
+func (md *modifier) ReplaceBody(r io.Reader) error {
 	if err := md.need(MayChangeBody, "replace body"); err != nil {
 		return err
 	}
-	// Postfix wants LF line ends; convert on the whole body so that a CRLF
-	// split across two packets is not missed.
-	body = bytes.ReplaceAll(body, []byte("\r\n"), []byte("\n"))
-	if len(body) == 0 {
-		md.c.queue(byte(milter.ActReplBody))
-		return nil
-	}
-	for len(body) > 0 {
-		n := min(len(body), replaceBodyChunk)
-		md.c.queue(byte(milter.ActReplBody), body[:n])
-		if err := md.flushLarge("replace body"); err != nil {
-			return err
+	buf := make([]byte, replaceBodyChunk)
+	sent, carry := false, false // carry: a CR held back from the end of the previous read
+	for {
+		start := 0
+		if carry {
+			buf[0], start = '\r', 1
 		}
-		body = body[n:]
+		n, err := io.ReadFull(r, buf[start:])
+		eof := err == io.EOF || err == io.ErrUnexpectedEOF
+		if err != nil && !eof {
+			return fmt.Errorf("milterrt: replace body: reading the new body: %w", err)
+		}
+		chunk := buf[:start+n]
+		// A CR at the end may be the first half of a CRLF split across two
+		// reads: keep it for the next one.
+		carry = !eof && len(chunk) > 0 && chunk[len(chunk)-1] == '\r'
+		if carry {
+			chunk = chunk[:len(chunk)-1]
+		}
+		// Postfix wants LF line ends.
+		if chunk = crlfToLF(chunk); len(chunk) > 0 {
+			md.c.queue(byte(milter.ActReplBody), chunk)
+			sent = true
+			if err := md.flushLarge("replace body"); err != nil {
+				return err
+			}
+		}
+		if eof {
+			break
+		}
+	}
+	if !sent {
+		md.c.queue(byte(milter.ActReplBody)) // an empty body
 	}
 	return nil
+}
+
+// crlfToLF replaces every CRLF of b with LF, in place.
+func crlfToLF(b []byte) []byte {
+	if bytes.IndexByte(b, '\r') < 0 {
+		return b
+	}
+	j := 0
+	for i := 0; i < len(b); i++ {
+		if b[i] == '\r' && i+1 < len(b) && b[i+1] == '\n' {
+			continue
+		}
+		b[j] = b[i]
+		j++
+	}
+	return b[:j]
 }
 
 var nul = []byte{0}

@@ -1,9 +1,10 @@
-package milterrt
+package milterrt_test
 
 import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"reflect"
 	"regexp"
@@ -11,9 +12,13 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	milter "github.com/emersion/go-milter"
+
+	. "github.com/geomilter/geomilter/shared/milterrt"
+	"github.com/geomilter/geomilter/shared/milterrt/miltertest"
 	"github.com/rs/zerolog"
 )
 
@@ -47,7 +52,7 @@ func TestMacrosMergedAcrossStages(t *testing.T) {
 	}}
 	for _, tcp := range []bool{false, true} {
 		ts := start(t, tm, Options{}, tcp)
-		c := ts.mustDial(t)
+		c := ts.Dial(t)
 		must := func(err error) {
 			t.Helper()
 			if err != nil {
@@ -55,24 +60,24 @@ func TestMacrosMergedAcrossStages(t *testing.T) {
 			}
 		}
 		must(c.Macros(milter.CodeConn, "j", "mx.example", "{daemon_name}", "smtpd"))
-		cont(t, "conn")(c.Conn("client.example", milter.FamilyInet, 40000, "192.0.2.10"))
+		miltertest.Cont(t, "conn")(c.Conn("client.example", milter.FamilyInet, 40000, "192.0.2.10"))
 		must(c.Macros(milter.CodeHelo, "{tls_version}", "TLSv1.3"))
-		cont(t, "helo")(c.Helo("helo.example"))
+		miltertest.Cont(t, "helo")(c.Helo("helo.example"))
 		must(c.Macros(milter.CodeMail, "{auth_authen}", "bob", "{mail_addr}", "a@example.org"))
-		cont(t, "mail")(c.Mail("a@example.org", nil))
+		miltertest.Cont(t, "mail")(c.Mail("a@example.org", nil))
 		must(c.Macros(milter.CodeRcpt, "{rcpt_addr}", "b@example.net"))
-		cont(t, "rcpt")(c.Rcpt("b@example.net", nil))
+		miltertest.Cont(t, "rcpt")(c.Rcpt("b@example.net", nil))
 		must(c.Macros(milter.CodeEOB, "i", "4ABC123"))
-		c.end(t, milter.ActAccept, 0, "")
+		c.EndExpect(t, milter.ActAccept, 0, "")
 
 		// Second transaction: no macro packet before MAIL (go-milter still holds
 		// the end-of-message map, which must not leak), then a new queue id.
-		cont(t, "mail2")(c.Mail("c@example.org", nil))
-		cont(t, "rcpt2")(c.Rcpt("d@example.net", nil))
+		miltertest.Cont(t, "mail2")(c.Mail("c@example.org", nil))
+		miltertest.Cont(t, "rcpt2")(c.Rcpt("d@example.net", nil))
 		must(c.Macros(milter.CodeEOB, "i", "4DEF456"))
-		c.end(t, milter.ActAccept, 0, "")
+		c.EndExpect(t, milter.ActAccept, 0, "")
 
-		ts.rec.wait(t, 2)
+		ts.WaitTxns(t, 2)
 		mu.Lock()
 		want := map[string]map[string]string{
 			"1/mail": {"j": "mx.example", "{daemon_name}": "smtpd", "{tls_version}": "TLSv1.3", "{auth_authen}": "bob", "{mail_addr}": "a@example.org"},
@@ -90,6 +95,62 @@ func TestMacrosMergedAcrossStages(t *testing.T) {
 	}
 }
 
+// TestExactHeaders: with SMFIP_HDR_LEADSPC (negotiated whenever offered)
+// HeaderField.Raw is the value byte for byte; without it, one space is put
+// back where Postfix removed it.
+func TestExactHeaders(t *testing.T) {
+	noLead := miltertest.PostfixProtocol &^ milter.OptHeaderLeadingSpace
+	cases := []struct {
+		name, received string // the value after the colon as the SMTP client sent it
+		offer          milter.OptProtocol
+		raw, value     string
+	}{
+		{"space", " v", miltertest.PostfixProtocol, " v", "v"},
+		{"no space after the colon", "v", miltertest.PostfixProtocol, "v", "v"},
+		{"tab", "\tv w", miltertest.PostfixProtocol, "\tv w", "v w"},
+		{"folded", " one\n two\n\tthree", miltertest.PostfixProtocol, " one\r\n two\r\n\tthree", "one two\tthree"},
+		{"empty", "", miltertest.PostfixProtocol, "", ""},
+		{"only a space", " ", miltertest.PostfixProtocol, " ", ""},
+		{"trailing space kept", " v ", miltertest.PostfixProtocol, " v ", "v "},
+		{"protocol 2: space", " v", miltertest.Proto2Protocol, " v", "v"},
+		{"protocol 2: no space (one too many)", "v", miltertest.Proto2Protocol, " v", "v"},
+		{"protocol 2: tab", "\tv", miltertest.Proto2Protocol, " \tv", "v"},
+		{"protocol 2: folded", " one\n two", miltertest.Proto2Protocol, " one\r\n two", "one two"},
+		{"protocol 2: empty", "", miltertest.Proto2Protocol, " ", ""},
+		{"v6 without LEADSPC", "v", noLead, " v", "v"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []HeaderField
+			tm := &testMilter{mk: func() *funcSession {
+				return &funcSession{header: func(_ *State, h HeaderField) Decision { got = append(got, h); return Continue() }}
+			}}
+			ts := start(t, tm, Options{}, false)
+			c := ts.DialOffer(t, miltertest.PostfixActions, tc.offer)
+			if lead := c.ProtocolOption(milter.OptHeaderLeadingSpace); lead != (tc.offer&milter.OptHeaderLeadingSpace != 0) {
+				t.Fatalf("LEADSPC negotiated %v, offered %v", lead, tc.offer&milter.OptHeaderLeadingSpace != 0)
+			}
+			res := c.Send(t, miltertest.Transaction{Sender: "a@example.org", Rcpts: []miltertest.Rcpt{{Addr: "b@example.net"}},
+				Headers: []miltertest.Header{{Name: "X-Test", Value: tc.received}}})
+			if res.Reply.Code != milter.ActAccept {
+				t.Fatalf("result %v", res)
+			}
+			want := HeaderField{Name: "X-Test", Raw: tc.raw, Value: tc.value}
+			if len(got) != 1 || got[0] != want {
+				t.Errorf("got %q, want %q", got, want)
+			}
+			if recs := ts.WaitTxns(t, 1); len(recs[0].Headers) != 1 || recs[0].Headers[0] != want {
+				t.Errorf("reported %q", recs[0].Headers)
+			}
+		})
+	}
+	// A milter that does not read headers does not ask for LEADSPC.
+	ts := start(t, &testMilter{stages: StageRcpt}, Options{}, false)
+	if c := ts.DialOffer(t, miltertest.PostfixActions, miltertest.PostfixProtocol); c.ProtocolOption(milter.OptHeaderLeadingSpace) {
+		t.Error("LEADSPC negotiated without StageHeaders")
+	}
+}
+
 func TestHeadersKeepArrivalOrder(t *testing.T) {
 	var got []HeaderField
 	tm := &testMilter{mk: func() *funcSession {
@@ -99,19 +160,21 @@ func TestHeadersKeepArrivalOrder(t *testing.T) {
 		}}
 	}}
 	ts := start(t, tm, Options{}, false)
-	c := ts.mustDial(t)
-	c.envelope(t, "a@example.org", "b@example.net")
-	want := []HeaderField{
+	c := ts.Dial(t)
+	c.Envelope(t, "a@example.org", "b@example.net")
+	sent := [][2]string{
 		{"Received", "from a by b"}, {"From", "A <a@example.org>"}, {"received", "from c by d"},
 		{"Subject", ""}, {"X-Multi", "line one\n\tline two"}, {"To", "b@example.net"},
 	}
-	for _, h := range want {
-		cont(t, "header "+h.Name)(c.HeaderField(h.Name, h.Value))
+	var want []HeaderField
+	for _, h := range sent {
+		miltertest.Cont(t, "header "+h[0])(c.HeaderField(h[0], h[1]))
+		want = append(want, NewHeaderField(h[0], " "+h[1])) // protocol 2: Postfix removed one space
 	}
-	cont(t, "eoh")(c.HeaderEnd())
-	cont(t, "body")(c.BodyChunk([]byte("hello\r\n")))
-	c.end(t, milter.ActAccept, 0, "")
-	recs := ts.rec.wait(t, 1)
+	miltertest.Cont(t, "eoh")(c.HeaderEnd())
+	miltertest.Cont(t, "body")(c.BodyChunk([]byte("hello\r\n")))
+	c.EndExpect(t, milter.ActAccept, 0, "")
+	recs := ts.WaitTxns(t, 1)
 	if !reflect.DeepEqual(got, want) || !reflect.DeepEqual(recs[0].Headers, want) {
 		t.Fatalf("headers %q (reported %q), want %q", got, recs[0].Headers, want)
 	}
@@ -144,18 +207,18 @@ func TestRcptRejectKeepsTransaction(t *testing.T) {
 		}
 	}}
 	ts := start(t, tm, Options{}, false)
-	c := ts.mustDial(t)
-	c.envelope(t, "a@example.org", "good1@example.net")
-	expect(t, "rcpt bad", milter.ActReplyCode, 550, "5.1.1 No such user")(c.Rcpt("bad@example.net", nil))
-	expect(t, "rcpt later", milter.ActReplyCode, 451, "4.7.1 Try again later")(c.Rcpt("later@example.net", nil))
-	cont(t, "rcpt good2")(c.Rcpt("good2@example.net", nil))
-	cont(t, "header")(c.HeaderField("Subject", "hi"))
-	c.end(t, milter.ActAccept, 0, "")
+	c := ts.Dial(t)
+	c.Envelope(t, "a@example.org", "good1@example.net")
+	miltertest.Expect(t, "rcpt bad", milter.ActReplyCode, 550, "5.1.1 No such user")(c.Rcpt("bad@example.net", nil))
+	miltertest.Expect(t, "rcpt later", milter.ActReplyCode, 451, "4.7.1 Try again later")(c.Rcpt("later@example.net", nil))
+	miltertest.Cont(t, "rcpt good2")(c.Rcpt("good2@example.net", nil))
+	miltertest.Cont(t, "header")(c.HeaderField("Subject", "hi"))
+	c.EndExpect(t, milter.ActAccept, 0, "")
 
-	c.txn(t, "<>", "x@example.net")
-	c.end(t, milter.ActAccept, 0, "")
+	c.Txn(t, "<>", "x@example.net")
+	c.EndExpect(t, milter.ActAccept, 0, "")
 
-	recs := ts.rec.wait(t, 2)
+	recs := ts.WaitTxns(t, 2)
 	mu.Lock()
 	defer mu.Unlock()
 	if len(seen) != 2 {
@@ -184,7 +247,7 @@ func TestRcptRejectKeepsTransaction(t *testing.T) {
 	if !reflect.DeepEqual(verdicts, want) {
 		t.Errorf("rcpt verdicts %v, want %v", verdicts, want)
 	}
-	if got := counterValue(ts.srv.met.decisions[StageRcpt.index()][ActionReject]); got != 1 {
+	if got := ts.Counter(t, "geomilter_milter_decisions_total", "stage", "rcpt", "action", "reject"); got != 1 {
 		t.Errorf("decisions_total{rcpt,reject} = %v, want 1", got)
 	}
 }
@@ -201,89 +264,89 @@ func TestOnTransactionOncePerTransaction(t *testing.T) {
 	cases := []struct {
 		name    string
 		actions Modifications
-		drive   func(t *testing.T, c *client)
+		drive   func(t *testing.T, c *miltertest.Client)
 		want    []want
 		aborts  int32 // Session.Abort calls expected
 	}{
-		{"completed", 0, func(t *testing.T, c *client) {
-			c.envelope(t, "ok@example.org", "b@example.net")
-			c.end(t, milter.ActAccept, 0, "")
+		{"completed", 0, func(t *testing.T, c *miltertest.Client) {
+			c.Envelope(t, "ok@example.org", "b@example.net")
+			c.EndExpect(t, milter.ActAccept, 0, "")
 			c.Close()
 		}, []want{{ActionAccept, StageEOM, false, "ok@example.org"}}, 0},
-		{"mail rejected", 0, func(t *testing.T, c *client) {
-			cont(t, "conn")(c.Conn("h", milter.FamilyInet, 1, "192.0.2.1"))
-			expect(t, "mail", milter.ActReplyCode, 550, "5.7.1 Sender blocked")(c.Mail("reject-mail@example.org", nil))
+		{"mail rejected", 0, func(t *testing.T, c *miltertest.Client) {
+			miltertest.Cont(t, "conn")(c.Conn("h", milter.FamilyInet, 1, "192.0.2.1"))
+			miltertest.Expect(t, "mail", milter.ActReplyCode, 550, "5.7.1 Sender blocked")(c.Mail("reject-mail@example.org", nil))
 			c.Abort() // Postfix may send ABORT after the rejected MAIL
-			c.txn(t, "next@example.org", "b@example.net")
-			c.end(t, milter.ActAccept, 0, "")
+			c.Txn(t, "next@example.org", "b@example.net")
+			c.EndExpect(t, milter.ActAccept, 0, "")
 			c.Close()
 		}, []want{{ActionReject, StageMail, false, "reject-mail@example.org"}, {ActionAccept, StageEOM, false, "next@example.org"}}, 1},
-		{"all rcpts rejected then abort", 0, func(t *testing.T, c *client) {
-			cont(t, "mail")(c.Mail("a@example.org", nil))
-			expect(t, "rcpt1", milter.ActReplyCode, 550, "5.7.1 Message rejected")(c.Rcpt("reject-1@example.net", nil))
-			expect(t, "rcpt2", milter.ActReplyCode, 550, "5.7.1 Message rejected")(c.Rcpt("reject-2@example.net", nil))
+		{"all rcpts rejected then abort", 0, func(t *testing.T, c *miltertest.Client) {
+			miltertest.Cont(t, "mail")(c.Mail("a@example.org", nil))
+			miltertest.Expect(t, "rcpt1", milter.ActReplyCode, 550, "5.7.1 Message rejected")(c.Rcpt("reject-1@example.net", nil))
+			miltertest.Expect(t, "rcpt2", milter.ActReplyCode, 550, "5.7.1 Message rejected")(c.Rcpt("reject-2@example.net", nil))
 			c.Abort()
 			c.Close()
 		}, []want{{ActionReject, StageRcpt, true, "a@example.org"}}, 1},
-		{"rset mid transaction", 0, func(t *testing.T, c *client) {
-			c.envelope(t, "a@example.org", "b@example.net")
+		{"rset mid transaction", 0, func(t *testing.T, c *miltertest.Client) {
+			c.Envelope(t, "a@example.org", "b@example.net")
 			c.Abort()
 			c.Close()
 		}, []want{{ActionContinue, 0, true, "a@example.org"}}, 1},
-		{"connection lost", 0, func(t *testing.T, c *client) {
-			c.envelope(t, "a@example.org", "b@example.net")
-			cont(t, "header")(c.HeaderField("Subject", "x"))
-			c.conn.Close()
+		{"connection lost", 0, func(t *testing.T, c *miltertest.Client) {
+			c.Envelope(t, "a@example.org", "b@example.net")
+			miltertest.Cont(t, "header")(c.HeaderField("Subject", "x"))
+			c.Raw.Close()
 		}, []want{{ActionContinue, 0, true, "a@example.org"}}, 1},
-		{"new mail without abort", 0, func(t *testing.T, c *client) {
-			c.envelope(t, "first@example.org", "b@example.net")
-			c.txn(t, "second@example.org", "b@example.net")
-			c.end(t, milter.ActAccept, 0, "")
+		{"new mail without abort", 0, func(t *testing.T, c *miltertest.Client) {
+			c.Envelope(t, "first@example.org", "b@example.net")
+			c.Txn(t, "second@example.org", "b@example.net")
+			c.EndExpect(t, milter.ActAccept, 0, "")
 			c.Close()
 		}, []want{{ActionContinue, 0, true, "first@example.org"}, {ActionAccept, StageEOM, false, "second@example.org"}}, 1},
-		{"connect rejected", 0, func(t *testing.T, c *client) {
-			expect(t, "conn", milter.ActReplyCode, 554, "5.7.1 Go away")(c.Conn("h", milter.FamilyInet, 1, "203.0.113.9"))
+		{"connect rejected", 0, func(t *testing.T, c *miltertest.Client) {
+			miltertest.Expect(t, "conn", milter.ActReplyCode, 554, "5.7.1 Go away")(c.Conn("h", milter.FamilyInet, 1, "203.0.113.9"))
 			c.Close()
 		}, []want{{ActionReject, StageConnect, false, ""}}, 0},
-		{"helo tempfailed", 0, func(t *testing.T, c *client) {
-			cont(t, "conn")(c.Conn("h", milter.FamilyInet, 1, "192.0.2.1"))
-			expect(t, "helo", milter.ActReplyCode, 421, "4.7.0 Later")(c.Helo("bad.helo"))
+		{"helo tempfailed", 0, func(t *testing.T, c *miltertest.Client) {
+			miltertest.Cont(t, "conn")(c.Conn("h", milter.FamilyInet, 1, "192.0.2.1"))
+			miltertest.Expect(t, "helo", milter.ActReplyCode, 421, "4.7.0 Later")(c.Helo("bad.helo"))
 			c.Close()
 		}, []want{{ActionTempFail, StageHelo, false, ""}}, 0},
-		{"discard at eom", 0, func(t *testing.T, c *client) {
-			c.envelope(t, "discard@example.org", "b@example.net")
-			c.end(t, milter.ActDiscard, 0, "")
+		{"discard at eom", 0, func(t *testing.T, c *miltertest.Client) {
+			c.Envelope(t, "discard@example.org", "b@example.net")
+			c.EndExpect(t, milter.ActDiscard, 0, "")
 			c.Close()
 		}, []want{{ActionDiscard, StageEOM, false, "discard@example.org"}}, 0},
-		{"accept at mail", 0, func(t *testing.T, c *client) {
-			cont(t, "conn")(c.Conn("h", milter.FamilyInet, 1, "192.0.2.1"))
-			expect(t, "mail", milter.ActAccept, 0, "")(c.Mail("accept-mail@example.org", nil))
+		{"accept at mail", 0, func(t *testing.T, c *miltertest.Client) {
+			miltertest.Cont(t, "conn")(c.Conn("h", milter.FamilyInet, 1, "192.0.2.1"))
+			miltertest.Expect(t, "mail", milter.ActAccept, 0, "")(c.Mail("accept-mail@example.org", nil))
 			c.Close()
 		}, []want{{ActionAccept, StageMail, false, "accept-mail@example.org"}}, 1},
-		{"reject at header", 0, func(t *testing.T, c *client) {
-			c.envelope(t, "a@example.org", "b@example.net")
-			expect(t, "header", milter.ActReplyCode, 554, "5.6.0 Bad header")(c.HeaderField("X-Bad", "1"))
+		{"reject at header", 0, func(t *testing.T, c *miltertest.Client) {
+			c.Envelope(t, "a@example.org", "b@example.net")
+			miltertest.Expect(t, "header", milter.ActReplyCode, 554, "5.6.0 Bad header")(c.HeaderField("X-Bad", "1"))
 			c.Close()
 		}, []want{{ActionReject, StageHeaders, false, "a@example.org"}}, 1},
-		{"quarantine at rcpt applied at eom", MayQuarantine, func(t *testing.T, c *client) {
-			c.envelope(t, "a@example.org", "hold@example.net")
-			mods := c.end(t, milter.ActAccept, 0, "")
+		{"quarantine at rcpt applied at eom", MayQuarantine, func(t *testing.T, c *miltertest.Client) {
+			c.Envelope(t, "a@example.org", "hold@example.net")
+			mods := c.EndExpect(t, milter.ActAccept, 0, "")
 			if len(mods) != 1 || mods[0].Code != milter.ActQuarantine || mods[0].Reason != "suspicious rcpt" {
 				t.Errorf("modify actions %+v, want one quarantine", mods)
 			}
 			c.Close()
 		}, []want{{ActionQuarantine, StageEOM, false, "a@example.org"}}, 0},
-		{"quarantine at eom", MayQuarantine, func(t *testing.T, c *client) {
-			c.envelope(t, "quarantine@example.org", "b@example.net")
-			mods := c.end(t, milter.ActAccept, 0, "")
+		{"quarantine at eom", MayQuarantine, func(t *testing.T, c *miltertest.Client) {
+			c.Envelope(t, "quarantine@example.org", "b@example.net")
+			mods := c.EndExpect(t, milter.ActAccept, 0, "")
 			if len(mods) != 1 || mods[0].Code != milter.ActQuarantine || mods[0].Reason != "held by milter" {
 				t.Errorf("modify actions %+v, want one quarantine", mods)
 			}
 			c.Close()
 		}, []want{{ActionQuarantine, StageEOM, false, "quarantine@example.org"}}, 0},
-		{"quarantine without MayQuarantine tempfails", 0, func(t *testing.T, c *client) {
-			c.envelope(t, "quarantine@example.org", "b@example.net")
-			c.end(t, milter.ActReplyCode, 451, "4.3.0 Temporary failure")
+		{"quarantine without MayQuarantine tempfails", 0, func(t *testing.T, c *miltertest.Client) {
+			c.Envelope(t, "quarantine@example.org", "b@example.net")
+			c.EndExpect(t, milter.ActReplyCode, 451, "4.3.0 Temporary failure")
 			c.Close()
 		}, []want{{ActionTempFail, StageEOM, false, "quarantine@example.org"}}, 0},
 	}
@@ -341,9 +404,9 @@ func TestOnTransactionOncePerTransaction(t *testing.T) {
 				}
 			}}
 			ts := start(t, tm, Options{}, false)
-			c := ts.mustDial(t)
+			c := ts.Dial(t)
 			tc.drive(t, c)
-			recs := ts.rec.wait(t, len(tc.want))
+			recs := ts.WaitTxns(t, len(tc.want))
 			ids := map[string]bool{}
 			for i, w := range tc.want {
 				r := recs[i]
@@ -356,7 +419,7 @@ func TestOnTransactionOncePerTransaction(t *testing.T) {
 				}
 				ids[r.TxnID] = true
 			}
-			waitFor(t, "session closed", func() bool { return ts.srv.ActiveSessions() == 0 })
+			miltertest.WaitFor(t, "session closed", func() bool { return ts.ActiveSessions() == 0 })
 			if got := aborts.Load(); got != tc.aborts {
 				t.Errorf("Session.Abort called %d times, want %d", got, tc.aborts)
 			}
@@ -395,38 +458,38 @@ func TestPanicTempfailsTransactionOnly(t *testing.T) {
 	logs := &lockedBuffer{}
 	ts := start(t, tm, Options{Logger: zerolog.New(logs)}, false)
 	const tf = "4.3.0 Temporary failure"
-	c := ts.mustDial(t)
-	cont(t, "conn")(c.Conn("h", milter.FamilyInet, 1, "192.0.2.1"))
-	expect(t, "mail", milter.ActReplyCode, 451, tf)(c.Mail("panic-mail@example.org", nil))
+	c := ts.Dial(t)
+	miltertest.Cont(t, "conn")(c.Conn("h", milter.FamilyInet, 1, "192.0.2.1"))
+	miltertest.Expect(t, "mail", milter.ActReplyCode, 451, tf)(c.Mail("panic-mail@example.org", nil))
 	// Panic at RCPT: that recipient and the rest of the transaction tempfail.
-	cont(t, "mail2")(c.Mail("a@example.org", nil))
-	cont(t, "rcpt ok")(c.Rcpt("ok@example.net", nil))
-	expect(t, "rcpt panic", milter.ActReplyCode, 451, tf)(c.Rcpt("panic@example.net", nil))
-	expect(t, "rcpt after", milter.ActReplyCode, 451, tf)(c.Rcpt("after@example.net", nil))
-	expect(t, "header", milter.ActReplyCode, 451, tf)(c.HeaderField("Subject", "x"))
+	miltertest.Cont(t, "mail2")(c.Mail("a@example.org", nil))
+	miltertest.Cont(t, "rcpt ok")(c.Rcpt("ok@example.net", nil))
+	miltertest.Expect(t, "rcpt panic", milter.ActReplyCode, 451, tf)(c.Rcpt("panic@example.net", nil))
+	miltertest.Expect(t, "rcpt after", milter.ActReplyCode, 451, tf)(c.Rcpt("after@example.net", nil))
+	miltertest.Expect(t, "header", milter.ActReplyCode, 451, tf)(c.HeaderField("Subject", "x"))
 	// Panic at EOM.
-	c.txn(t, "panic-eom@example.org", "b@example.net")
-	c.end(t, milter.ActReplyCode, 451, tf)
+	c.Txn(t, "panic-eom@example.org", "b@example.net")
+	c.EndExpect(t, milter.ActReplyCode, 451, tf)
 	// The same connection still works.
-	c.txn(t, "fine@example.org", "b@example.net")
-	c.end(t, milter.ActAccept, 0, "")
+	c.Txn(t, "fine@example.org", "b@example.net")
+	c.EndExpect(t, milter.ActAccept, 0, "")
 	// And so does another session.
-	c2 := ts.mustDial(t)
-	c2.envelope(t, "other@example.org", "b@example.net")
-	c2.end(t, milter.ActAccept, 0, "")
+	c2 := ts.Dial(t)
+	c2.Envelope(t, "other@example.org", "b@example.net")
+	c2.EndExpect(t, milter.ActAccept, 0, "")
 
-	recs := ts.rec.wait(t, 5)
+	recs := ts.WaitTxns(t, 5)
 	for i, w := range []Action{ActionTempFail, ActionTempFail, ActionTempFail, ActionAccept, ActionAccept} {
 		if recs[i].Final.Action != w {
 			t.Errorf("txn %d: final %v, want %v", i+1, recs[i].Final.Action, w)
 		}
 	}
-	if got := counterValue(ts.srv.met.panics); got != 3 {
+	if got := ts.Counter(t, "geomilter_milter_panics_total"); got != 3 {
 		t.Errorf("panics_total = %v, want 3", got)
 	}
 	c.Close()
 	c2.Close()
-	waitFor(t, "sessions closed", func() bool { return closes.Load() == 2 })
+	miltertest.WaitFor(t, "sessions closed", func() bool { return closes.Load() == 2 })
 	out := logs.String()
 	if n := strings.Count(out, `"message":"panic in milter session recovered; answering tempfail"`); n != 3 {
 		t.Errorf("%d panic log lines, want 3:\n%s", n, out)
@@ -463,11 +526,11 @@ func TestPanicInNewSessionAndConnect(t *testing.T) {
 	}}
 	ts := start(t, tm, Options{}, false)
 	for i := 0; i < 2; i++ {
-		c := ts.mustDial(t)
-		expect(t, "conn", milter.ActReplyCode, 451, "4.3.0 Temporary failure")(c.Conn("h", milter.FamilyInet, 1, "192.0.2.1"))
+		c := ts.Dial(t)
+		miltertest.Expect(t, "conn", milter.ActReplyCode, 451, "4.3.0 Temporary failure")(c.Conn("h", milter.FamilyInet, 1, "192.0.2.1"))
 		c.Close()
 	}
-	recs := ts.rec.wait(t, 2)
+	recs := ts.WaitTxns(t, 2)
 	for _, r := range recs {
 		if r.Final.Action != ActionTempFail || r.FinalStage != StageConnect {
 			t.Errorf("final %+v at %v", r.Final, r.FinalStage)
@@ -476,6 +539,12 @@ func TestPanicInNewSessionAndConnect(t *testing.T) {
 }
 
 func TestClientAddressFamilies(t *testing.T) {
+	// Aborted holds Local() here.
+	type txnRecord struct {
+		Family     string
+		ClientAddr net.IP
+		Aborted    bool
+	}
 	var mu sync.Mutex
 	var got []txnRecord
 	tm := &testMilter{stages: StageConnect | StageMail, mk: func() *funcSession {
@@ -506,12 +575,12 @@ func TestClientAddressFamilies(t *testing.T) {
 		{milter.FamilyInet, 41000, "127.0.0.1", txnRecord{Family: "tcp4", ClientAddr: net.IPv4(127, 0, 0, 1).To4()}},
 	}
 	for _, tc := range cases {
-		c := ts.mustDial(t)
+		c := ts.Dial(t)
 		c.Conn("localhost", tc.family, tc.port, tc.addr)
-		cont(t, "mail")(c.Mail("", nil)) // proves the session survived
+		miltertest.Cont(t, "mail")(c.Mail("", nil)) // proves the session survived
 		c.Close()
 	}
-	waitFor(t, "connects", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == len(cases) })
+	miltertest.WaitFor(t, "connects", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == len(cases) })
 	for i, tc := range cases {
 		g := got[i]
 		if g.Family != tc.want.Family || !g.ClientAddr.Equal(tc.want.ClientAddr) || (tc.want.ClientAddr == nil) != (g.ClientAddr == nil) {
@@ -530,11 +599,11 @@ func TestIdleTimeoutClosesSession(t *testing.T) {
 	var closes atomic.Int32
 	tm := &testMilter{mk: func() *funcSession { return &funcSession{close: func(*State) { closes.Add(1) }} }}
 	ts := start(t, tm, Options{IdleTimeout: time.Second}, false)
-	c := ts.mustDial(t)
-	cont(t, "conn")(c.Conn("h", milter.FamilyInet, 1, "192.0.2.1"))
-	cont(t, "mail")(c.Mail("a@example.org", nil))
-	waitFor(t, "idle session closed", func() bool { return ts.srv.ActiveSessions() == 0 })
-	recs := ts.rec.wait(t, 1)
+	c := ts.Dial(t)
+	miltertest.Cont(t, "conn")(c.Conn("h", milter.FamilyInet, 1, "192.0.2.1"))
+	miltertest.Cont(t, "mail")(c.Mail("a@example.org", nil))
+	miltertest.WaitFor(t, "idle session closed", func() bool { return ts.ActiveSessions() == 0 })
+	recs := ts.WaitTxns(t, 1)
 	if !recs[0].Aborted {
 		t.Errorf("transaction cut by idle timeout not reported as aborted: %+v", recs[0])
 	}
@@ -548,21 +617,21 @@ func TestIdleTimeoutClosesSession(t *testing.T) {
 
 func TestMaxSessionsRefuses(t *testing.T) {
 	ts := start(t, &testMilter{}, Options{MaxSessions: 2}, true)
-	c1 := ts.mustDial(t)
-	c2 := ts.mustDial(t)
-	waitFor(t, "2 sessions", func() bool { return ts.srv.ActiveSessions() == 2 })
-	if c3, err := ts.dial(t); err == nil {
-		c3.conn.Close()
+	c1 := ts.Dial(t)
+	c2 := ts.Dial(t)
+	miltertest.WaitFor(t, "2 sessions", func() bool { return ts.ActiveSessions() == 2 })
+	if c3, err := ts.TryDial(miltertest.Proto2Actions, miltertest.Proto2Protocol); err == nil {
+		c3.Raw.Close()
 		t.Fatal("third session accepted past MaxSessions=2")
 	}
-	if got := counterValue(ts.srv.met.refused); got != 1 {
+	if got := ts.Counter(t, "geomilter_milter_sessions_refused_total"); got != 1 {
 		t.Errorf("refused_total = %v, want 1", got)
 	}
 	c1.Close()
-	waitFor(t, "a slot freed", func() bool { return ts.srv.ActiveSessions() == 1 })
-	c3 := ts.mustDial(t)
-	c3.envelope(t, "a@example.org", "b@example.net")
-	c3.end(t, milter.ActAccept, 0, "")
+	miltertest.WaitFor(t, "a slot freed", func() bool { return ts.ActiveSessions() == 1 })
+	c3 := ts.Dial(t)
+	c3.Envelope(t, "a@example.org", "b@example.net")
+	c3.EndExpect(t, milter.ActAccept, 0, "")
 	c2.Close()
 	c3.Close()
 }
@@ -586,10 +655,10 @@ func TestShutdownDrains(t *testing.T) {
 		}
 	}}
 	ts := start(t, tm, Options{}, false)
-	busy := ts.mustDial(t)
-	idle := ts.mustDial(t)
-	cont(t, "idle conn")(idle.Conn("h", milter.FamilyInet, 1, "192.0.2.1"))
-	busy.envelope(t, "slow@example.org", "b@example.net")
+	busy := ts.Dial(t)
+	idle := ts.Dial(t)
+	miltertest.Cont(t, "idle conn")(idle.Conn("h", milter.FamilyInet, 1, "192.0.2.1"))
+	busy.Envelope(t, "slow@example.org", "b@example.net")
 	eomDone := make(chan error, 1)
 	go func() {
 		_, act, err := busy.End()
@@ -601,14 +670,14 @@ func TestShutdownDrains(t *testing.T) {
 	<-inEOM
 
 	shutDone := make(chan error, 1)
-	go func() { shutDone <- ts.srv.Shutdown(context.Background()) }()
-	waitFor(t, "idle session closed", func() bool { return closes.Load() == 1 })
+	go func() { shutDone <- ts.Shutdown(context.Background()) }()
+	miltertest.WaitFor(t, "idle session closed", func() bool { return closes.Load() == 1 })
 	select {
 	case err := <-shutDone:
 		t.Fatalf("Shutdown returned (%v) while a transaction was in flight", err)
 	case <-time.After(100 * time.Millisecond):
 	}
-	if _, err := net.Dial(ts.network, ts.addr); err == nil {
+	if _, err := net.Dial(ts.Network, ts.Addr); err == nil {
 		t.Error("listener still accepting after Shutdown began")
 	}
 	close(release)
@@ -623,10 +692,10 @@ func TestShutdownDrains(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Shutdown did not return after the transaction ended")
 	}
-	if ts.srv.ActiveSessions() != 0 || closes.Load() != 2 {
-		t.Errorf("after Shutdown: %d active, %d closed", ts.srv.ActiveSessions(), closes.Load())
+	if ts.ActiveSessions() != 0 || closes.Load() != 2 {
+		t.Errorf("after Shutdown: %d active, %d closed", ts.ActiveSessions(), closes.Load())
 	}
-	recs := ts.rec.wait(t, 1)
+	recs := ts.WaitTxns(t, 1)
 	if recs[0].Final.Action != ActionAccept {
 		t.Errorf("final %v", recs[0].Final.Action)
 	}
@@ -639,14 +708,14 @@ func TestShutdownForcesAfterDeadline(t *testing.T) {
 		return &funcSession{eom: func(*State, Modifier) Decision { close(inEOM); <-release; return Continue() }}
 	}}
 	ts := start(t, tm, Options{}, false)
-	c := ts.mustDial(t)
-	c.envelope(t, "a@example.org", "b@example.net")
+	c := ts.Dial(t)
+	c.Envelope(t, "a@example.org", "b@example.net")
 	go c.End()
 	<-inEOM
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- ts.srv.Shutdown(ctx) }()
+	go func() { done <- ts.Shutdown(ctx) }()
 	<-ctx.Done()
 	time.Sleep(50 * time.Millisecond)
 	close(release) // the stuck callback returns; its reply cannot be written
@@ -658,10 +727,10 @@ func TestShutdownForcesAfterDeadline(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Shutdown did not return")
 	}
-	if n := ts.srv.ActiveSessions(); n != 0 {
+	if n := ts.ActiveSessions(); n != 0 {
 		t.Errorf("%d sessions left", n)
 	}
-	ts.rec.wait(t, 1)
+	ts.WaitTxns(t, 1)
 }
 
 func TestModifier(t *testing.T) {
@@ -672,7 +741,7 @@ func TestModifier(t *testing.T) {
 			errs = []error{
 				m.AddHeader("X-Geomilter", "checked"),
 				m.InsertHeader(0, "X-First", "1"),
-				m.ReplaceBody(body),
+				m.ReplaceBody(bytes.NewReader(body)),
 				m.ChangeHeader(1, "Subject", "x"),
 				m.AddRcpt("x@example.net"),
 				m.Quarantine("no"),
@@ -681,9 +750,9 @@ func TestModifier(t *testing.T) {
 		}}
 	}}
 	ts := start(t, tm, Options{}, false)
-	c := ts.mustDial(t)
-	c.envelope(t, "a@example.org", "b@example.net")
-	mods := c.end(t, milter.ActAccept, 0, "")
+	c := ts.Dial(t)
+	c.Envelope(t, "a@example.org", "b@example.net")
+	mods := c.EndExpect(t, milter.ActAccept, 0, "")
 	for i, err := range errs[:3] {
 		if err != nil {
 			t.Errorf("allowed modification %d: %v", i, err)
@@ -732,18 +801,18 @@ func TestNegotiatesOnlyListedStages(t *testing.T) {
 		}
 	}}
 	ts := start(t, tm, Options{}, false)
-	c := ts.mustDial(t)
+	c := ts.Dial(t)
 	if want := milter.OptNoConnect | milter.OptNoHelo | milter.OptNoMailFrom | milter.OptNoBody | milter.OptNoEOH; c.ProtocolOpts != want {
 		t.Fatalf("protocol %#x, want %#x", c.ProtocolOpts, want)
 	}
-	c.envelope(t, "a@example.org", "b@example.net") // client skips what was negotiated away
-	cont(t, "header")(c.HeaderField("Subject", "x"))
-	cont(t, "eoh")(c.HeaderEnd())
-	c.end(t, milter.ActAccept, 0, "")
+	c.Envelope(t, "a@example.org", "b@example.net") // client skips what was negotiated away
+	miltertest.Cont(t, "header")(c.HeaderField("Subject", "x"))
+	miltertest.Cont(t, "eoh")(c.HeaderEnd())
+	c.EndExpect(t, milter.ActAccept, 0, "")
 	// Without MAIL, a transaction starts at its first event.
-	cont(t, "rcpt")(c.Rcpt("c@example.net", nil))
-	c.end(t, milter.ActAccept, 0, "")
-	ts.rec.wait(t, 2)
+	miltertest.Cont(t, "rcpt")(c.Rcpt("c@example.net", nil))
+	c.EndExpect(t, milter.ActAccept, 0, "")
+	ts.WaitTxns(t, 2)
 	mu.Lock()
 	defer mu.Unlock()
 	want := []string{"rcpt:", "header:Subject", "eom:.1", "rcpt:", "eom:.2"}
@@ -762,21 +831,24 @@ func TestStickyConnectionDecisions(t *testing.T) {
 		}}
 	}}
 	ts := start(t, tm, Options{}, false)
-	c := ts.mustDial(t)
-	cont(t, "conn")(c.Conn("h", milter.FamilyInet, 1, "192.0.2.1"))
-	cont(t, "helo")(c.Helo("quarantine.me"))
+	c := ts.Dial(t)
+	miltertest.Cont(t, "conn")(c.Conn("h", milter.FamilyInet, 1, "192.0.2.1"))
+	miltertest.Cont(t, "helo")(c.Helo("quarantine.me"))
 	for i := 0; i < 2; i++ {
-		c.txn(t, "a@example.org", "b@example.net")
-		mods := c.end(t, milter.ActAccept, 0, "")
+		c.Txn(t, "a@example.org", "b@example.net")
+		mods := c.EndExpect(t, milter.ActAccept, 0, "")
 		if len(mods) != 1 || mods[0].Code != milter.ActQuarantine || mods[0].Reason != "bad client" {
 			t.Errorf("txn %d: modify actions %+v", i+1, mods)
 		}
 	}
-	c2 := ts.mustDial(t)
-	cont(t, "conn")(c2.Conn("h", milter.FamilyInet, 1, "192.0.2.1"))
-	cont(t, "helo")(c2.Helo("discard.me"))
-	expect(t, "mail", milter.ActDiscard, 0, "")(c2.Mail("a@example.org", nil))
-	recs := ts.rec.wait(t, 3)
+	// The first connection's transactions are reported after their replies:
+	// wait for them, so that the order of the reports is known.
+	miltertest.WaitFor(t, "2 transactions", func() bool { return len(ts.Txns()) == 2 })
+	c2 := ts.Dial(t)
+	miltertest.Cont(t, "conn")(c2.Conn("h", milter.FamilyInet, 1, "192.0.2.1"))
+	miltertest.Cont(t, "helo")(c2.Helo("discard.me"))
+	miltertest.Expect(t, "mail", milter.ActDiscard, 0, "")(c2.Mail("a@example.org", nil))
+	recs := ts.WaitTxns(t, 3)
 	for i, w := range []Action{ActionQuarantine, ActionQuarantine, ActionDiscard} {
 		if recs[i].Final.Action != w {
 			t.Errorf("txn %d: final %v, want %v", i+1, recs[i].Final.Action, w)
@@ -789,18 +861,18 @@ func TestIDsAndMetricsRegistration(t *testing.T) {
 	re := regexp.MustCompile(`^[0-9a-f]{12}\.[0-9]+$`)
 	ids := map[string]bool{}
 	for i := 0; i < 3; i++ {
-		c := ts.mustDial(t)
-		c.envelope(t, "a@example.org", "b@example.net")
-		c.end(t, milter.ActAccept, 0, "")
+		c := ts.Dial(t)
+		c.Envelope(t, "a@example.org", "b@example.net")
+		c.EndExpect(t, milter.ActAccept, 0, "")
 		c.Close()
 	}
-	for _, r := range ts.rec.wait(t, 3) {
+	for _, r := range ts.WaitTxns(t, 3) {
 		if !re.MatchString(r.TxnID) || !strings.HasPrefix(r.TxnID, r.SessionID+".") || ids[r.SessionID] {
 			t.Errorf("bad or repeated ids: session %q txn %q", r.SessionID, r.TxnID)
 		}
 		ids[r.SessionID] = true
 	}
-	mfs, err := ts.reg.Gather()
+	mfs, err := ts.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -823,12 +895,76 @@ func TestIDsAndMetricsRegistration(t *testing.T) {
 			t.Errorf("metric %s not registered", n)
 		}
 	}
-	if got := counterValue(ts.srv.met.txns[ActionAccept]); got != 3 {
+	if got := ts.Counter(t, "geomilter_milter_transactions_total", "action", "accept"); got != 3 {
 		t.Errorf("transactions_total{accept} = %v", got)
 	}
-	// A second server for the same milter on the same registry shares the metrics.
-	s2 := New(&testMilter{}, Options{Registerer: ts.reg})
-	if s2.met.sessions != ts.srv.met.sessions {
-		t.Error("second server did not reuse the registered collectors")
+}
+
+// TestReplaceBodyStreams: the new body is read and sent in packets of at most
+// 64 KiB, with CRLF turned into LF even when a CRLF straddles two reads.
+func TestReplaceBodyStreams(t *testing.T) {
+	edge := append(bytes.Repeat([]byte("x"), milter.MaxBodyChunk-1), "\r\nafter\r\n"...) // CR last byte of the first read
+	bodies := map[string][]byte{
+		"empty":            nil,
+		"short":            []byte("a\r\nb"),
+		"CRLF on the edge": edge,
+		"lone CRs":         []byte("a\rb\r\r\nc\r"),
+		"LF only":          []byte("a\nb\n"),
+		"large":            bytes.Repeat([]byte("0123456789abcdef\r\n"), 20000), // 360 KB: flushed early
+	}
+	readers := map[string]func([]byte) io.Reader{
+		"whole":     func(b []byte) io.Reader { return bytes.NewReader(b) },
+		"one byte":  func(b []byte) io.Reader { return iotest.OneByteReader(bytes.NewReader(b)) },
+		"data+err":  func(b []byte) io.Reader { return iotest.DataErrReader(bytes.NewReader(b)) },
+		"half read": func(b []byte) io.Reader { return iotest.HalfReader(bytes.NewReader(b)) },
+	}
+	for bn, body := range bodies {
+		for rn, mk := range readers {
+			t.Run(bn+"/"+rn, func(t *testing.T) {
+				var rerr error
+				tm := &testMilter{actions: MayChangeBody, mk: func() *funcSession {
+					return &funcSession{eom: func(st *State, m Modifier) Decision {
+						rerr = m.ReplaceBody(mk(body))
+						return Continue()
+					}}
+				}}
+				ts := start(t, tm, Options{}, false)
+				c := ts.Dial(t)
+				c.Envelope(t, "a@example.org", "b@example.net")
+				mods := c.EndExpect(t, milter.ActAccept, 0, "")
+				if rerr != nil {
+					t.Fatal(rerr)
+				}
+				var got []byte
+				n := 0
+				for _, m := range mods {
+					if m.Code != milter.ActReplBody {
+						t.Fatalf("modification %c", m.Code)
+					}
+					if len(m.Body) > milter.MaxBodyChunk {
+						t.Errorf("packet of %d bytes", len(m.Body))
+					}
+					got = append(got, m.Body...)
+					n++
+				}
+				if want := bytes.ReplaceAll(body, []byte("\r\n"), []byte("\n")); !bytes.Equal(got, want) || n == 0 {
+					t.Errorf("%d packets, body %d bytes %q…, want %d bytes", n, len(got), got[:min(len(got), 20)], len(want))
+				}
+			})
+		}
+	}
+	var rerr error
+	tm := &testMilter{actions: MayChangeBody, mk: func() *funcSession {
+		return &funcSession{eom: func(st *State, m Modifier) Decision {
+			rerr = m.ReplaceBody(iotest.ErrReader(errors.New("disk gone")))
+			return TempFail("", "", "")
+		}}
+	}}
+	ts := start(t, tm, Options{}, false)
+	c := ts.Dial(t)
+	c.Envelope(t, "a@example.org", "b@example.net")
+	c.EndExpect(t, milter.ActReplyCode, 451, "4.7.1 Try again later")
+	if rerr == nil || !strings.Contains(rerr.Error(), "disk gone") {
+		t.Errorf("reader error: %v", rerr)
 	}
 }

@@ -1,4 +1,4 @@
-package milterrt
+package milterrt_test
 
 import (
 	"encoding/binary"
@@ -11,24 +11,10 @@ import (
 	"time"
 
 	milter "github.com/emersion/go-milter"
-)
 
-// What Postfix 3.7 offers at option negotiation: version 6, every action, every
-// protocol flag up to SMFIP_HDR_LEADSPC.
-const (
-	postfixActions  = milter.OptAction(0x1ff)
-	postfixProtocol = milter.OptProtocol(0x1fffff)
+	. "github.com/geomilter/geomilter/shared/milterrt"
+	"github.com/geomilter/geomilter/shared/milterrt/miltertest"
 )
-
-func (ts *testServer) dialV6(t testing.TB, actions milter.OptAction, proto milter.OptProtocol) *client {
-	t.Helper()
-	c, err := ts.dialOffer(actions, proto)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.conn.Close() })
-	return c
-}
 
 // deciding is a test milter that decides only at the stages it says.
 type deciding struct {
@@ -73,25 +59,25 @@ func TestNoReplyAtContentStages(t *testing.T) {
 		}
 	}}
 	ts := start(t, tm, Options{}, false)
-	c := ts.dialV6(t, postfixActions, postfixProtocol)
-	want := milter.OptNoData | milter.OptNoUnknown | milter.OptNoHeaderReply | milter.OptNoEOHReply | milter.OptNoBodyReply
+	c := ts.DialOffer(t, miltertest.PostfixActions, miltertest.PostfixProtocol)
+	want := milter.OptNoData | milter.OptNoUnknown | milter.OptNoHeaderReply | milter.OptNoEOHReply | milter.OptNoBodyReply | milter.OptHeaderLeadingSpace
 	if c.ProtocolOpts != want {
 		t.Fatalf("negotiated protocol %#x, want %#x", c.ProtocolOpts, want)
 	}
-	c.envelope(t, "a@example.org", "b@example.net")
+	c.Envelope(t, "a@example.org", "b@example.net")
 	for _, h := range []string{"Subject", "X-Spam", "X-After"} {
-		cont(t, h)(c.HeaderField(h, "v")) // the client reads no reply
+		miltertest.Cont(t, h)(c.HeaderField(h, "v")) // the client reads no reply
 	}
-	cont(t, "eoh")(c.HeaderEnd())
-	cont(t, "body")(c.BodyChunk([]byte("hello\r\n")))
-	c.end(t, milter.ActReplyCode, 554, "5.7.1 spam")
+	miltertest.Cont(t, "eoh")(c.HeaderEnd())
+	miltertest.Cont(t, "body")(c.BodyChunk([]byte("hello\r\n")))
+	c.EndExpect(t, milter.ActReplyCode, 554, "5.7.1 spam")
 
-	c.txn(t, "a@example.org", "c@example.net")
-	cont(t, "header")(c.HeaderField("Subject", "second"))
-	cont(t, "eoh")(c.HeaderEnd())
-	c.end(t, milter.ActAccept, 0, "")
+	c.Txn(t, "a@example.org", "c@example.net")
+	miltertest.Cont(t, "header")(c.HeaderField("Subject", "second"))
+	miltertest.Cont(t, "eoh")(c.HeaderEnd())
+	c.EndExpect(t, milter.ActAccept, 0, "")
 
-	recs := ts.rec.wait(t, 2)
+	recs := ts.WaitTxns(t, 2)
 	if got, w := log.take(), []string{"header:Subject", "header:X-Spam", "header:Subject", "eoh", "eom"}; !reflect.DeepEqual(got, w) {
 		t.Errorf("calls %q, want %q", got, w)
 	}
@@ -129,21 +115,21 @@ func TestDeciderHoldsEnvelopeDecisions(t *testing.T) {
 	}}}
 	ts := start(t, m, Options{}, false)
 
-	c := ts.dialV6(t, postfixActions, postfixProtocol)
+	c := ts.DialOffer(t, miltertest.PostfixActions, miltertest.PostfixProtocol)
 	noRepl := milter.OptNoConnReply | milter.OptNoHeloReply | milter.OptNoMailReply | milter.OptNoRcptReply
 	if c.ProtocolOpts&noRepl != noRepl {
 		t.Fatalf("negotiated protocol %#x lacks the envelope no-reply flags", c.ProtocolOpts)
 	}
-	c.envelope(t, "spam@example.org", "b@example.net")
-	c.end(t, milter.ActReplyCode, 550, "5.7.1 Message rejected")
-	cont(t, "helo")(c.Helo("helo.example"))
-	c.txn(t, "ok@example.org", "b@example.net")
-	c.end(t, milter.ActAccept, 0, "")
-	cont(t, "mail")(c.Mail("spam@example.org", nil))
+	c.Envelope(t, "spam@example.org", "b@example.net")
+	c.EndExpect(t, milter.ActReplyCode, 550, "5.7.1 Message rejected")
+	miltertest.Cont(t, "helo")(c.Helo("helo.example"))
+	c.Txn(t, "ok@example.org", "b@example.net")
+	c.EndExpect(t, milter.ActAccept, 0, "")
+	miltertest.Cont(t, "mail")(c.Mail("spam@example.org", nil))
 	if err := c.Abort(); err != nil { // ends with a held decision, never answered
 		t.Fatal(err)
 	}
-	recs := ts.rec.wait(t, 3)
+	recs := ts.WaitTxns(t, 3)
 	if got, w := log.take(), []string{"connect", "mail", "mail", "rcpt", "eom", "mail"}; !reflect.DeepEqual(got, w) {
 		t.Errorf("calls %q, want %q", got, w)
 	}
@@ -155,13 +141,13 @@ func TestDeciderHoldsEnvelopeDecisions(t *testing.T) {
 	}
 
 	// A connection-level decision holds for every message of the connection.
-	c2 := ts.dialV6(t, postfixActions, postfixProtocol)
-	cont(t, "conn")(c2.Conn("bad.example", milter.FamilyInet, 4000, "192.0.2.66"))
+	c2 := ts.DialOffer(t, miltertest.PostfixActions, miltertest.PostfixProtocol)
+	miltertest.Cont(t, "conn")(c2.Conn("bad.example", milter.FamilyInet, 4000, "192.0.2.66"))
 	for i := 0; i < 2; i++ {
-		c2.txn(t, "a@example.org", "b@example.net")
-		c2.end(t, milter.ActReplyCode, 451, "4.7.1 later")
+		c2.Txn(t, "a@example.org", "b@example.net")
+		c2.EndExpect(t, milter.ActReplyCode, 451, "4.7.1 later")
 	}
-	recs = ts.rec.wait(t, 5)
+	recs = ts.WaitTxns(t, 5)
 	for _, r := range recs[3:] {
 		if r.Final.Action != ActionTempFail || r.FinalStage != StageConnect {
 			t.Errorf("connection-level held tempfail reported as %v at %v", r.Final.Action, r.FinalStage)
@@ -184,16 +170,16 @@ func TestNegotiationWithinOffer(t *testing.T) {
 	}}
 	ts := start(t, tm, Options{}, false)
 	// A version 2 MTA offering no no-reply flags and no header additions.
-	c := ts.dialV6(t, milter.OptQuarantine, allProtocolMask)
+	c := ts.DialOffer(t, milter.OptQuarantine, miltertest.Proto2Protocol)
 	if c.ActionOpts != milter.OptQuarantine {
 		t.Errorf("negotiated actions %#x, want quarantine only", c.ActionOpts)
 	}
-	if c.ProtocolOpts&^allProtocolMask != 0 {
-		t.Errorf("negotiated protocol %#x outside the offer %#x", c.ProtocolOpts, allProtocolMask)
+	if c.ProtocolOpts&^miltertest.Proto2Protocol != 0 {
+		t.Errorf("negotiated protocol %#x outside the offer %#x", c.ProtocolOpts, miltertest.Proto2Protocol)
 	}
-	c.envelope(t, "a@example.org", "b@example.net")
-	cont(t, "header")(c.HeaderField("Subject", "x")) // replied: no NR offered
-	c.end(t, milter.ActAccept, 0, "")
+	c.Envelope(t, "a@example.org", "b@example.net")
+	miltertest.Cont(t, "header")(c.HeaderField("Subject", "x")) // replied: no NR offered
+	c.EndExpect(t, milter.ActAccept, 0, "")
 	if !errors.Is(addErr, ErrNotNegotiated) {
 		t.Errorf("AddHeader without the MTA's offer: %v, want ErrNotNegotiated", addErr)
 	}
@@ -228,7 +214,7 @@ func TestProtocolErrors(t *testing.T) {
 	}
 	txns := 0
 	for i, tc := range cases {
-		conn, err := net.DialTimeout(ts.network, ts.addr, 5*time.Second)
+		conn, err := net.DialTimeout(ts.Network, ts.Addr, 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -246,16 +232,16 @@ func TestProtocolErrors(t *testing.T) {
 		conn.Close()
 		if tc.txn {
 			txns++
-			r := ts.rec.wait(t, txns)[txns-1]
+			r := ts.WaitTxns(t, txns)[txns-1]
 			if !r.Aborted {
 				t.Errorf("%s: transaction %+v not reported as aborted", tc.name, r)
 			}
 		}
-		waitFor(t, "protocol error counted", func() bool {
-			return counterValue(ts.srv.met.protoErrors) == float64(i+1)
+		miltertest.WaitFor(t, "protocol error counted", func() bool {
+			return ts.Counter(t, "geomilter_milter_protocol_errors_total") == float64(i+1)
 		})
 	}
-	c := ts.mustDial(t)
-	c.envelope(t, "a@example.org", "b@example.net")
-	c.end(t, milter.ActAccept, 0, "")
+	c := ts.Dial(t)
+	c.Envelope(t, "a@example.org", "b@example.net")
+	c.EndExpect(t, milter.ActAccept, 0, "")
 }

@@ -14,6 +14,8 @@ import (
 	milter "github.com/emersion/go-milter"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+
+	"github.com/geomilter/geomilter/shared/message"
 )
 
 // Options configures a Server. The zero value works (no logging, no metrics).
@@ -36,6 +38,13 @@ type Options struct {
 	OnTransaction func(st *State)
 	// Clock returns the time (default time.Now).
 	Clock func() time.Time
+	// MessageDir holds the files of messages larger than MessageMemory, for
+	// a MessageUser milter ("" = the system's temporary directory). New
+	// removes the files a crashed process left there.
+	MessageDir string
+	// MessageMemory is how much of one message is kept in memory before the
+	// rest goes to a file (0 = message.DefaultMemoryLimit, 256 KiB).
+	MessageMemory int64
 }
 
 const (
@@ -52,14 +61,17 @@ var ErrServerClosed = errors.New("milterrt: server closed")
 
 // Server runs one Milter on any number of listeners.
 type Server struct {
-	m        Milter
-	opts     Options
-	log      zerolog.Logger
-	met      *metrics
-	actions  Modifications
-	stages   Stages
-	protocol milter.OptProtocol
-	now      func() time.Time
+	m       Milter
+	opts    Options
+	log     zerolog.Logger
+	met     *metrics
+	actions Modifications
+	stages  Stages // negotiated with the MTA
+	listed  Stages // called on the Session: Milter.Stages() and end of message
+	// usesMessage: the milter is a MessageUser that wants State.Message.
+	usesMessage bool
+	protocol    milter.OptProtocol
+	now         func() time.Time
 
 	idBase uint64
 	idSeq  atomic.Uint64
@@ -93,11 +105,26 @@ func New(m Milter, opts Options) *Server {
 		met:       newMetrics(opts.Registerer, m.Name()),
 		actions:   m.Modifications(),
 		stages:    m.Stages() | StageEOM,
+		listed:    m.Stages() | StageEOM,
 		now:       opts.Clock,
 		idBase:    binary.BigEndian.Uint64(seed[:]),
 		done:      make(chan struct{}),
 		listeners: make(map[*listener]struct{}),
 		sessions:  make(map[*connection]struct{}),
+	}
+	if mu, ok := m.(MessageUser); ok && mu.UsesMessage() {
+		s.usesMessage = true
+		s.stages |= StageHeaders | StageEOH | StageBody
+		if opts.MessageDir != "" {
+			// Files of a process that crashed; a live message of another
+			// process sharing the directory keeps working (see message.CleanDir).
+			n, err := message.CleanDir(opts.MessageDir)
+			if err != nil {
+				s.log.Warn().Err(err).Str("dir", opts.MessageDir).Msg("message files left by an earlier run not all removed")
+			} else if n > 0 {
+				s.log.Info().Int("removed", n).Str("dir", opts.MessageDir).Msg("message files left by an earlier run removed")
+			}
+		}
 	}
 	s.protocol = s.stages.protocol(envelopeStages)
 	return s

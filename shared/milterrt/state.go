@@ -2,9 +2,12 @@ package milterrt
 
 import (
 	"net"
+	"strings"
 	"time"
 
 	milter "github.com/emersion/go-milter"
+
+	"github.com/geomilter/geomilter/shared/message"
 )
 
 // Stages is a set of milter stages. A milter lists the stages it needs; the
@@ -160,13 +163,42 @@ func actionsOf(o milter.OptAction) Modifications {
 // (Continue when the milter let it through).
 type Recipient struct {
 	Addr     string // without <>
+	Params   Params // ESMTP parameters of the RCPT command (NOTIFY, ORCPT, …)
 	Decision Decision
 }
 
-// HeaderField is one header as Postfix sent it (name as written, value without
-// the leading space, folded lines joined by "\n").
+// HeaderField is one header field of the message (../rfc/5322 2.2).
 type HeaderField struct {
-	Name, Value string
+	// Name as written, without the colon (Postfix drops whitespace between
+	// name and colon).
+	Name string
+	// Raw is the value byte for byte as the SMTP client sent it: everything
+	// after the colon, leading space or tab included, folded lines joined by
+	// "\r\n", no final line end; Name + ":" + Raw + "\r\n" is the header line
+	// as received. It is exact when the MTA sends leading whitespace
+	// (SMFIP_HDR_LEADSPC, negotiated whenever offered; Postfix offers it).
+	// Without it (a protocol 2 MTA) Postfix has removed one space after the
+	// colon, if there was one, and Raw is " " + what it sent: right for the
+	// usual "Name: value", one space too many for "Name:value".
+	Raw string
+	// Value is Raw unfolded (../rfc/5322 2.2.3: every CRLF removed) with
+	// leading whitespace removed, e.g. for matching.
+	Value string
+}
+
+// NewHeaderField builds a HeaderField from a name and a raw value (folds
+// as "\n" or "\r\n").
+func NewHeaderField(name, raw string) HeaderField {
+	raw = crlf(raw)
+	return HeaderField{Name: name, Raw: raw, Value: strings.TrimLeft(strings.ReplaceAll(raw, "\r\n", ""), " \t")}
+}
+
+// crlf turns every line end, bare LF or CRLF, into CRLF.
+func crlf(s string) string {
+	if !strings.Contains(s, "\n") {
+		return s
+	}
+	return strings.ReplaceAll(strings.ReplaceAll(s, "\r\n", "\n"), "\n", "\r\n")
 }
 
 // State is what the runtime knows of a milter connection and its current
@@ -186,11 +218,20 @@ type State struct {
 	ConnStart  time.Time
 
 	// Transaction: reset when it ends.
-	TxnStart  time.Time
-	Sender    string // without <>; "" for the null sender
-	Rcpts     []*Recipient
-	Headers   []HeaderField // arrival order
-	BodyBytes int64
+	TxnStart time.Time
+	Sender   string // without <>; "" for the null sender
+	// MailParams are the ESMTP parameters of MAIL FROM (SIZE, BODY,
+	// SMTPUTF8, RET, ENVID, AUTH, …); see also Envelope.
+	MailParams Params
+	Rcpts      []*Recipient
+	Headers    []HeaderField // arrival order
+	BodyBytes  int64
+	// Message is the message as received so far, for a milter that is a
+	// MessageUser (nil for others): header fields byte-exact, then the body.
+	// Read it whole at end of message (Message.Reader, HeaderReader,
+	// BodyReader). The runtime closes it, removing its file, when the
+	// transaction ends: do not keep it or its readers past that.
+	Message *message.Message
 	// Macros merges the macros of every stage so far: connection-level ones
 	// (sent with connect and helo) persist across transactions, the others are
 	// dropped when the transaction ends. Names are as Postfix sends them ("i",
@@ -202,6 +243,10 @@ type State struct {
 	RuleIDs  []string
 	Scores   map[string]float64
 	Degraded []string
+	// Section is the milter's typed trail section for the transaction (a
+	// *trail.AccessSection, *trail.PolicySection, …): the milter sets a new
+	// one per transaction, the process puts it into the trail event.
+	Section any
 
 	// Set by the runtime when the transaction ends, before OnTransaction.
 	Final      Decision // at end of message a continue is reported as accept
@@ -278,9 +323,11 @@ func (st *State) resetTxn(connMacros map[string]string) {
 	st.TxnID = ""
 	st.TxnStart = time.Time{}
 	st.Sender = ""
+	st.MailParams = nil
 	st.Rcpts = nil
 	st.Headers = nil
 	st.BodyBytes = 0
+	st.Message = nil
 	st.Macros = make(map[string]string, len(connMacros)+4)
 	for k, v := range connMacros {
 		st.Macros[k] = v
@@ -289,6 +336,7 @@ func (st *State) resetTxn(connMacros map[string]string) {
 	st.RuleIDs = nil
 	st.Scores = nil
 	st.Degraded = nil
+	st.Section = nil
 	st.Final = Decision{}
 	st.FinalStage = 0
 	st.Aborted = false

@@ -154,7 +154,12 @@ func (c *connection) negotiate(data []byte) error {
 		c.srv.log.Warn().Str("session", c.id).Uint32("wanted", uint32(want)).Uint32("offered", uint32(offerAct)).
 			Msg("MTA does not offer every modification this milter uses; those calls will fail")
 	}
-	proto := c.srv.protocolFor() & offerProto
+	wantProto := c.srv.protocolFor()
+	if c.srv.stages&StageHeaders != 0 {
+		// Header values exactly as received (HeaderField.Raw).
+		wantProto |= milter.OptHeaderLeadingSpace // SMFIP_HDR_LEADSPC, 0x00100000
+	}
+	proto := wantProto & offerProto
 	c.proto, c.actions = proto, actionsOf(act)
 	c.srv.log.Debug().Str("session", c.id).Uint32("version", ver).Uint32("actions", uint32(act)).
 		Uint32("protocol", uint32(proto)).Uint32("offered_protocol", uint32(offerProto)).Msg("milter options negotiated")
@@ -219,20 +224,26 @@ func parseConnect(data []byte) (connectInfo, error) {
 	return ci, nil
 }
 
-// headerPacket splits SMFIC_HEADER into name and value.
-func headerPacket(data []byte) (HeaderField, error) {
+// headerPacket splits SMFIC_HEADER into name and value. leadSpace says
+// whether SMFIP_HDR_LEADSPC was negotiated: without it Postfix has removed
+// one space after the colon (see HeaderField.Raw).
+func headerPacket(data []byte, leadSpace bool) (HeaderField, error) {
 	name, rest := cstring(data)
 	if name == "" {
 		return HeaderField{}, protoErrorf("header without name")
 	}
 	value, _ := cstring(rest)
-	return HeaderField{Name: name, Value: value}, nil
+	if !leadSpace {
+		value = " " + value
+	}
+	return NewHeaderField(name, value), nil
 }
 
-// addrArg returns the address of SMFIC_MAIL or SMFIC_RCPT without "<>".
-func addrArg(data []byte) string {
-	a, _ := cstring(data)
-	return strings.Trim(a, "<>")
+// addrArg returns the address of SMFIC_MAIL or SMFIC_RCPT without "<>",
+// and the ESMTP parameters that follow it.
+func addrArg(data []byte) (string, Params) {
+	a, rest := cstring(data)
+	return strings.Trim(a, "<>"), parseParams(rest)
 }
 
 // macroPairs decodes SMFIC_MACRO into kv (appended, as name, value, …): the

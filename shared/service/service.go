@@ -28,13 +28,16 @@ import (
 	"github.com/geomilter/geomilter/shared/logging"
 	"github.com/geomilter/geomilter/shared/metrics"
 	"github.com/geomilter/geomilter/shared/milterrt"
+	"github.com/geomilter/geomilter/shared/resolver"
 	"github.com/geomilter/geomilter/shared/rules"
 	"github.com/geomilter/geomilter/shared/rulesync"
 	"github.com/geomilter/geomilter/shared/state"
 	"github.com/geomilter/geomilter/shared/trail"
 )
 
-// Env is what a milter's constructor gets from the process.
+// Env is what a milter's constructor gets from the process: everything it
+// depends on is passed in here, so tests and deployments choose the parts
+// (STYLE.md: dependencies are passed in).
 type Env struct {
 	Name     string
 	Config   *config.Config
@@ -42,8 +45,30 @@ type Env struct {
 	Registry prometheus.Registerer
 	// Rules serves the current rules snapshot (one atomic load per call).
 	Rules RulesView
-	// Store is the site-partitioned Redis state; nil in standalone mode.
-	Store *state.Store
+	// Store is the state (rate counters, greylist triplets, sets); never
+	// nil: the site-partitioned Redis store (*state.Store) when the config
+	// has a redis section, else one in process memory (*state.MemStore,
+	// standalone mode).
+	Store state.Backend
+	// Clock is the time milters decide by (rate windows, greylist delays);
+	// never nil (time.Now unless a test sets another).
+	Clock func() time.Time
+	// Resolver is the DNS the milter looks names up through; nil when the
+	// process has none (a milter that needs DNS brings its default, one
+	// that does not ignores it). The policy milter provides the
+	// implementation.
+	Resolver resolver.Resolver
+	// Trail is where the process's trail events go; milters normally fill
+	// milterrt.State (Reasons, RuleIDs and their typed Section) and let the
+	// process emit one event per transaction. Nil outside a process (tests).
+	Trail *trail.Emitter
+}
+
+// NewEnv returns an Env with the parts that must never be nil filled in
+// for standalone use: an in-memory store and the system clock. Tests and
+// tools start from it and set what they need.
+func NewEnv(name string, cfg *config.Config, log zerolog.Logger, rv RulesView) *Env {
+	return &Env{Name: name, Config: cfg, Log: log, Rules: rv, Store: state.NewMemStore(time.Now), Clock: time.Now}
 }
 
 // RulesView gives the rules snapshot in force.
@@ -147,6 +172,12 @@ func Start(name, cfgPath string, f Factory, stderr io.Writer) (*Process, error) 
 	if !ok {
 		return nil, fmt.Errorf("config %s: no milters.%s section: this milter is not configured here", cfgPath, name)
 	}
+	// The same host checks as check-config (its socket directory, the
+	// directories, the Redis files), so both refuse for the same reasons
+	// and with the same file:line messages.
+	if ps := config.CheckStart(cfg, name); len(ps) > 0 {
+		return nil, ps
+	}
 	base, err := logging.New(stderr, cfg.Log.Level, cfg.Log.Format)
 	if err != nil {
 		return nil, fmt.Errorf("config %s: %w", cfgPath, err)
@@ -186,7 +217,13 @@ func Start(name, cfgPath string, f Factory, stderr io.Writer) (*Process, error) 
 	if err != nil {
 		return nil, fmt.Errorf("rules: %w", err)
 	}
-	p.milter, err = f(&Env{Name: name, Config: cfg, Log: log, Registry: reg, Rules: p.rules, Store: p.store})
+	env := NewEnv(name, cfg, log, p.rules)
+	env.Registry = reg
+	env.Trail = p.trail.emitter
+	if p.store != nil { // a nil *Store must not become a non-nil Backend
+		env.Store = p.store
+	}
+	p.milter, err = f(env)
 	if err != nil {
 		return nil, fmt.Errorf("%s milter: %w", name, err)
 	}
@@ -203,7 +240,7 @@ func Start(name, cfgPath string, f Factory, stderr io.Writer) (*Process, error) 
 		{Name: "rules", Detail: p.rules.Detail},
 	}
 	if p.redis != nil {
-		checks = append(checks, metrics.Check{Name: "redis", Detail: p.redis.detail})
+		checks = append(checks, metrics.Check{Name: "redis", Degraded: p.redis.degraded})
 	}
 	p.metrics, err = metrics.Listen(maddr, reg, checks)
 	if err != nil {
@@ -216,6 +253,8 @@ func Start(name, cfgPath string, f Factory, stderr io.Writer) (*Process, error) 
 		MaxSessions:   mc.MaxSessions,
 		IdleTimeout:   mc.IdleTimeout,
 		OnTransaction: p.onTransaction,
+		MessageDir:    mc.MessageDir,
+		MessageMemory: int64(mc.MessageMemory),
 	})
 	p.ln, err = milterrt.Listen(mc.Listen)
 	if err != nil {
