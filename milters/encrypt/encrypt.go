@@ -6,6 +6,8 @@
 package encrypt
 
 import (
+	"time"
+
 	"github.com/geomilter/geomilter/shared/milterrt"
 	"github.com/geomilter/geomilter/shared/service"
 )
@@ -13,8 +15,12 @@ import (
 // Name is the milter's name in config (milters.encrypt) and in trail events.
 const Name = "encrypt"
 
-// Milter is the encrypt milter.
-type Milter struct{}
+// Milter is the encrypt milter. It keeps what it will use from the
+// environment: the rules (encrypt, skip) and the clock.
+type Milter struct {
+	rules service.RulesView
+	clock func() time.Time
+}
 
 var (
 	_ milterrt.Milter  = (*Milter)(nil)
@@ -22,7 +28,9 @@ var (
 )
 
 // New builds the encrypt milter from the process environment.
-func New(env *service.Env) (milterrt.Milter, error) { return &Milter{}, nil }
+func New(env *service.Env) (milterrt.Milter, error) {
+	return &Milter{rules: env.Rules, clock: env.Clock}, nil
+}
 
 // Name implements milterrt.Milter.
 func (*Milter) Name() string { return Name }

@@ -6,15 +6,26 @@
 package policy
 
 import (
+	"time"
+
 	"github.com/geomilter/geomilter/shared/milterrt"
+	"github.com/geomilter/geomilter/shared/resolver"
 	"github.com/geomilter/geomilter/shared/service"
+	"github.com/geomilter/geomilter/shared/state"
 )
 
 // Name is the milter's name in config (milters.policy) and in trail events.
 const Name = "policy"
 
-// Milter is the policy milter.
-type Milter struct{}
+// Milter is the policy milter. It keeps what its checks will use from the
+// environment: rules, the state (greylist triplets, counters), DNS and the
+// clock.
+type Milter struct {
+	rules    service.RulesView
+	store    state.Backend
+	resolver resolver.Resolver // nil: the checks that need DNS bring the default
+	clock    func() time.Time
+}
 
 var (
 	_ milterrt.Milter  = (*Milter)(nil)
@@ -22,7 +33,9 @@ var (
 )
 
 // New builds the policy milter from the process environment.
-func New(env *service.Env) (milterrt.Milter, error) { return &Milter{}, nil }
+func New(env *service.Env) (milterrt.Milter, error) {
+	return &Milter{rules: env.Rules, store: env.Store, resolver: env.Resolver, clock: env.Clock}, nil
+}
 
 // Name implements milterrt.Milter.
 func (*Milter) Name() string { return Name }
