@@ -33,6 +33,7 @@ type Config struct {
 	Log       LogConfig     `yaml:"log"`
 	Trail     TrailConfig   `yaml:"trail"`
 	Metrics   MetricsConfig `yaml:"metrics"`
+	DNS       DNSConfig     `yaml:"dns"`
 	Milters   MiltersConfig `yaml:"milters"`
 
 	// File is the path the config was loaded from (the name given to Parse).
@@ -122,6 +123,21 @@ type MetricsConfig struct {
 	Listen string `yaml:"listen"`
 }
 
+// DNSConfig is the process's DNS resolver (package shared/resolver): the
+// recursive servers it asks, and the budgets that bound how long mail
+// waits for DNS. docs/dns.md explains the choices.
+type DNSConfig struct {
+	// Servers are IP:port addresses (IPv6 in brackets), tried in order;
+	// empty means the nameservers of /etc/resolv.conf, port 53.
+	Servers []string `yaml:"servers"`
+	// Timeout is the budget of one look-up, all servers included.
+	Timeout time.Duration `yaml:"timeout"`
+	// MessageBudget is the total DNS waiting allowed to one message.
+	MessageBudget time.Duration `yaml:"message_budget"`
+	// CacheSize bounds the answer cache in entries; 0 turns it off.
+	CacheSize int `yaml:"cache_size"`
+}
+
 // MiltersConfig has one optional section per milter.
 type MiltersConfig struct {
 	Access  *MilterConfig `yaml:"access"`
@@ -178,6 +194,13 @@ const (
 	DefaultFileSinkMaxBytes = yamlconf.Size(100 << 20)
 	DefaultFileSinkKeep     = 5
 	DefaultMetricsListen    = "127.0.0.1:9464"
+	// DefaultDNSTimeout and DefaultDNSMessageBudget: a second per look-up
+	// (a nearby recursive resolver answers in milliseconds; opendkim's 5s
+	// is what a dark server must not cost a message), three per message
+	// (SPF, DKIM and DMARC each get one slow look-up). docs/dns.md.
+	DefaultDNSTimeout       = time.Second
+	DefaultDNSMessageBudget = 3 * time.Second
+	DefaultDNSCacheSize     = 10000
 	DefaultMaxSessions      = 512
 	DefaultIdleTimeout      = 10 * time.Minute
 	// DefaultMaxProcs is 1: a milter waits on Postfix between packets, and one
@@ -313,6 +336,9 @@ func applyDefaults(c *Config, doc *yamlconf.Doc, hostname func() (string, error)
 		}
 	}
 	setDefault(doc, "metrics.listen", &c.Metrics.Listen, DefaultMetricsListen)
+	setDefault(doc, "dns.timeout", &c.DNS.Timeout, DefaultDNSTimeout)
+	setDefault(doc, "dns.message_budget", &c.DNS.MessageBudget, DefaultDNSMessageBudget)
+	setDefault(doc, "dns.cache_size", &c.DNS.CacheSize, DefaultDNSCacheSize)
 	for _, name := range MilterNames() {
 		m, ok := c.Milter(name)
 		if !ok {

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"net/netip"
 	"net/url"
 	"path/filepath"
 	"regexp"
@@ -54,6 +55,7 @@ func validate(c *Config, doc *yamlconf.Doc) {
 	if _, err := hostPort(c.Metrics.Listen, true); err != nil {
 		doc.Problemf("metrics.listen", "invalid address %q: %v", c.Metrics.Listen, err)
 	}
+	v.dns(c)
 	v.milters(c)
 }
 
@@ -306,5 +308,44 @@ func (v validator) milters(c *Config) {
 		if m.MaxProcs < 0 || m.MaxProcs > 4096 {
 			v.doc.Problemf(p+".max_procs", "must be between 0 (all CPUs) and 4096, got %d", m.MaxProcs)
 		}
+	}
+}
+
+// maxDNSServers bounds dns.servers: each server tried gets an equal share
+// of dns.timeout, so a long list only makes every share short.
+const maxDNSServers = 8
+
+func (v validator) dns(c *Config) {
+	d := &c.DNS
+	if len(d.Servers) > maxDNSServers {
+		v.doc.Problemf("dns.servers", "at most %d servers (each gets an equal share of dns.timeout), got %d", maxDNSServers, len(d.Servers))
+	}
+	seen := make(map[string]int)
+	for i, s := range d.Servers {
+		p := fmt.Sprintf("dns.servers[%d]", i)
+		ap, err := netip.ParseAddrPort(s)
+		switch {
+		case err != nil:
+			// A resolver's own address cannot be a name: there would be
+			// nothing to look it up with.
+			v.doc.Problemf(p, "invalid address %q: want IP:port, e.g. 192.0.2.53:53 or [2001:db8::53]:53 (a name cannot be used)", s)
+		case ap.Port() == 0:
+			v.doc.Problemf(p, "invalid address %q: the port must be 1 to 65535", s)
+		default:
+			if j, dup := seen[ap.String()]; dup {
+				v.doc.Problemf(p, "%s is listed twice (also dns.servers[%d])", s, j)
+			}
+			seen[ap.String()] = i
+		}
+	}
+	// Mail waits for DNS: more than 30s for one look-up, or a minute for a
+	// message, is past what an SMTP client waits for the end of data.
+	v.between("dns.timeout", d.Timeout, 30*time.Second)
+	v.between("dns.message_budget", d.MessageBudget, time.Minute)
+	if d.Timeout > 0 && d.MessageBudget > 0 && d.Timeout > d.MessageBudget {
+		v.doc.Problemf("dns.timeout", "must not be more than dns.message_budget (%v), got %v", d.MessageBudget, d.Timeout)
+	}
+	if d.CacheSize < 0 || d.CacheSize > 10_000_000 {
+		v.doc.Problemf("dns.cache_size", "must be between 0 (no cache) and 10000000, got %d", d.CacheSize)
 	}
 }

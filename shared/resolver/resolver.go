@@ -1,8 +1,15 @@
-// Package resolver is the DNS slot of a milter's environment: the interface
-// the milters look names up through, so tests and deployments can pass in a
-// resolver of their choice (an in-process DNS server in tests, a caching or
-// DNSSEC-validating one in production). The policy milter brings the
-// implementation; *net.Resolver satisfies the interface too.
+// Package resolver is the DNS of a milter process: the Resolver interface
+// the milters look names up through, and Client, its implementation (one
+// per process, built by shared/service from the config's dns section; see
+// docs/dns.md). Tests pass a Client pointed at an in-process server
+// (shared/dnstest); *net.Resolver satisfies the interface too.
+//
+// Client is a stub resolver on github.com/miekg/dns: it asks the configured
+// recursive servers over UDP (TCP when truncated), with EDNS0; checks the
+// ID and question of every reply; caches answers by their TTL, negative
+// ones by RFC 2308; shares one query between concurrent identical
+// questions; and never waits past its budgets: dns.timeout per look-up, and
+// a per-message budget carried by the context (WithBudget, BudgetSpent).
 //
 // The method set is *net.Resolver's, which is what the mail-authentication
 // libraries take: blitiri.com.ar/go/spf's DNSResolver option is exactly
@@ -52,8 +59,10 @@ const (
 	// Temporary: no answer now (timeout, SERVFAIL, network); the same
 	// lookup may succeed later, so a check that needs it defers (4xx).
 	Temporary
-	// Permanent: the lookup failed in a way retrying will not fix (a
-	// malformed name, a refused query).
+	// Permanent: the lookup failed in a way retrying will not fix (an
+	// address LookupAddr cannot reverse). Client reports a REFUSED from
+	// its own servers as Temporary: that is its configuration's fault,
+	// not the domain's.
 	Permanent
 )
 

@@ -53,11 +53,12 @@ type Env struct {
 	// Clock is the time milters decide by (rate windows, greylist delays);
 	// never nil (time.Now unless a test sets another).
 	Clock func() time.Time
-	// Resolver is the DNS the milter looks names up through; nil when the
-	// process has none (a milter that needs DNS brings its default, one
-	// that does not ignores it). The policy milter provides the
-	// implementation.
+	// Resolver is the DNS the milter looks names up through, when a test
+	// sets one; milters get it through DNS.
 	Resolver resolver.Resolver
+	// newResolver builds the process's resolver from the config (set by
+	// Start); nil from NewEnv.
+	newResolver func() (resolver.Resolver, error)
 	// Trail is where the process's trail events go; milters normally fill
 	// milterrt.State (Reasons, RuleIDs and their typed Section) and let the
 	// process emit one event per transaction. Nil outside a process (tests).
@@ -69,6 +70,26 @@ type Env struct {
 // tools start from it and set what they need.
 func NewEnv(name string, cfg *config.Config, log zerolog.Logger, rv RulesView) *Env {
 	return &Env{Name: name, Config: cfg, Log: log, Rules: rv, Store: state.NewMemStore(time.Now), Clock: time.Now}
+}
+
+// DNS returns the process's one resolver, built from the config's dns
+// section at the first call. A milter that looks names up calls it in its
+// constructor, so a dns section that cannot work (no servers, an unusable
+// /etc/resolv.conf) stops that milter's start with a clear error, and only
+// that milter's.
+func (e *Env) DNS() (resolver.Resolver, error) {
+	if e.Resolver != nil {
+		return e.Resolver, nil
+	}
+	if e.newResolver == nil {
+		return nil, errors.New("no DNS resolver in this environment")
+	}
+	r, err := e.newResolver()
+	if err != nil {
+		return nil, err
+	}
+	e.Resolver = r
+	return r, nil
 }
 
 // RulesView gives the rules snapshot in force.
@@ -222,6 +243,20 @@ func Start(name, cfgPath string, f Factory, stderr io.Writer) (*Process, error) 
 	env.Trail = p.trail.emitter
 	if p.store != nil { // a nil *Store must not become a non-nil Backend
 		env.Store = p.store
+	}
+	// One DNS resolver per process (docs/dns.md), built when a milter asks
+	// for it (Env.DNS): a dns section that cannot work stops only a milter
+	// that looks names up. It sends nothing until the first look-up.
+	env.newResolver = func() (resolver.Resolver, error) {
+		o := resolver.Options{Servers: cfg.DNS.Servers, Timeout: cfg.DNS.Timeout, CacheSize: cfg.DNS.CacheSize, Registerer: reg}
+		if o.CacheSize == 0 { // config: 0 turns the cache off; resolver: 0 is its default
+			o.CacheSize = -1
+		}
+		c, err := resolver.New(o)
+		if err != nil {
+			return nil, fmt.Errorf("config %s: dns: %w", cfgPath, err)
+		}
+		return c, nil
 	}
 	p.milter, err = f(env)
 	if err != nil {
