@@ -1,58 +1,234 @@
-// Package policy is the spam and policy milter: SPF, DKIM, DMARC, DNSBL,
-// greylisting, content rules, scoring and DKIM signing.
+// Package policy is the spam and policy milter. Part 1 (issue 14) checks
+// inbound mail — SPF (RFC 7208) at MAIL, DKIM (RFC 6376, RFC 8463) streamed
+// as the message arrives, DMARC (RFC 7489) at end of message, all under one
+// DNS budget per message — writes one Authentication-Results header (RFC
+// 8601), removes forged ones, applies what each tenant says to do with the
+// results (rules with spf and dmarc conditions, docs/policy.md), and signs
+// outbound mail with DKIM. DNSBL, greylisting, content scoring come later.
 //
-// Status: the runtime, trail and configuration are in place; the milter's own
-// checks are not built yet, so every transaction is let through and recorded.
+// The checks live in subpackages (spfcheck, dkimcheck, dmarc, authres); this
+// package is the session that runs them at the right stage, decides, edits
+// the message and fills the trail section.
 package policy
 
 import (
+	"errors"
+	"fmt"
+	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/geomilter/geomilter/shared/config"
 	"github.com/geomilter/geomilter/shared/milterrt"
 	"github.com/geomilter/geomilter/shared/resolver"
+	"github.com/geomilter/geomilter/shared/rules"
 	"github.com/geomilter/geomilter/shared/service"
-	"github.com/geomilter/geomilter/shared/state"
 )
 
 // Name is the milter's name in config (milters.policy) and in trail events.
 const Name = "policy"
 
-// Milter is the policy milter. It keeps what its checks will use from the
-// environment: rules, the state (greylist triplets, counters), DNS and the
-// clock.
+// Milter is the policy milter.
 type Milter struct {
 	rules    service.RulesView
-	store    state.Backend
-	resolver resolver.Resolver // nil: the checks that need DNS bring the default
-	clock    func() time.Time
+	empty    *rules.Snapshot
+	dns      resolver.Resolver
+	settings *Settings
+	// budget is the DNS waiting one message may spend (dns.message_budget).
+	budget time.Duration
+	clock  func() time.Time
+	log    zerolog.Logger
+	keys   *keyring
+	met    metrics
+	// plan caches, per rules snapshot, what DecidesAt needs to know.
+	plan atomic.Pointer[plan]
 }
 
 var (
-	_ milterrt.Milter  = (*Milter)(nil)
-	_ milterrt.Decider = (*Milter)(nil)
+	_ milterrt.Milter      = (*Milter)(nil)
+	_ milterrt.Decider     = (*Milter)(nil)
+	_ milterrt.MessageUser = (*Milter)(nil)
 )
 
-// New builds the policy milter from the process environment.
+// New builds the policy milter from the process environment: the process's
+// DNS resolver (a dns section that cannot work stops the start here), the
+// rules, the milters.policy options and dns.message_budget.
 func New(env *service.Env) (milterrt.Milter, error) {
-	return &Milter{rules: env.Rules, store: env.Store, resolver: env.Resolver, clock: env.Clock}, nil
+	dns, err := env.DNS()
+	if err != nil {
+		return nil, fmt.Errorf("policy: DNS: %w", err)
+	}
+	cfg := env.Config
+	if cfg == nil {
+		return nil, errors.New("policy: no config")
+	}
+	budget := cfg.DNS.MessageBudget
+	if budget <= 0 {
+		budget = config.DefaultDNSMessageBudget
+	}
+	return NewMilter(Options{
+		Rules: env.Rules, DNS: dns, Settings: ConfigFrom(cfg), MessageBudget: budget,
+		Clock: env.Clock, Log: env.Log, Registerer: env.Registry,
+	})
+}
+
+// Options are the parts of a policy milter (tests build one directly).
+type Options struct {
+	Rules         service.RulesView
+	DNS           resolver.Resolver
+	Settings      *Settings
+	MessageBudget time.Duration
+	Clock         func() time.Time // DKIM signature time; nil: time.Now
+	Log           zerolog.Logger
+	Registerer    prometheus.Registerer
+}
+
+// NewMilter builds the milter from its parts.
+func NewMilter(o Options) (*Milter, error) {
+	if o.Rules == nil {
+		return nil, errors.New("policy: Options.Rules is required")
+	}
+	if o.DNS == nil {
+		return nil, errors.New("policy: Options.DNS is required")
+	}
+	if o.Settings == nil {
+		return nil, errors.New("policy: Options.Settings is required")
+	}
+	if o.MessageBudget <= 0 {
+		o.MessageBudget = config.DefaultDNSMessageBudget
+	}
+	if o.Clock == nil {
+		o.Clock = time.Now
+	}
+	empty, err := rules.Compile(&rules.Set{})
+	if err != nil {
+		return nil, fmt.Errorf("policy: compile empty rule set: %w", err)
+	}
+	m := &Milter{
+		rules: o.Rules, empty: empty, dns: o.DNS, settings: o.Settings, budget: o.MessageBudget,
+		clock: o.Clock, log: o.Log, keys: newKeyring(o.Log),
+	}
+	if m.met, err = newMetrics(o.Registerer); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 // Name implements milterrt.Milter.
 func (*Milter) Name() string { return Name }
 
-// Stages implements milterrt.Milter.
-func (*Milter) Stages() milterrt.Stages { return milterrt.AllStages }
+// Stages implements milterrt.Milter: the envelope (client, SASL login,
+// sender for SPF, recipients for the tenants), and the content for DKIM,
+// DMARC's From and the Authentication-Results fields.
+func (*Milter) Stages() milterrt.Stages {
+	return milterrt.StageConnect | milterrt.StageHelo | milterrt.StageMail | milterrt.StageRcpt |
+		milterrt.StageHeaders | milterrt.StageEOH | milterrt.StageBody | milterrt.StageEOM
+}
 
-// Modifications implements milterrt.Milter.
+// UsesMessage implements milterrt.MessageUser: signing reads the whole
+// message at end of message (the runtime keeps it in memory up to
+// message_memory, in a file beyond).
+func (*Milter) UsesMessage() bool { return true }
+
+// Modifications implements milterrt.Milter: the A-R and DKIM-Signature
+// fields are inserted, forged A-R fields removed, the quarantine action
+// holds.
 func (*Milter) Modifications() milterrt.Modifications {
 	return milterrt.MayAddHeader | milterrt.MayChangeHeader | milterrt.MayQuarantine
 }
 
-// DecidesAt implements milterrt.Decider: DNSBL checks answer at connect, SPF
-// at MAIL and greylisting per recipient; HELO is only observed.
-func (*Milter) DecidesAt() milterrt.Stages {
-	return milterrt.StageConnect | milterrt.StageMail | milterrt.StageRcpt
+// DecidesAt implements milterrt.Decider. Everything is decided at end of
+// message (DMARC needs the whole message), where Postfix always waits;
+// RCPT waits for a reply only while a rule refuses recipients on their
+// tenant's SPF result. SPF itself runs at MAIL, which Postfix does not wait
+// for: its look-ups overlap the client's RCPT and DATA.
+func (m *Milter) DecidesAt() milterrt.Stages {
+	if m.planFor(m.snapshot()).spfRefusals {
+		return milterrt.StageRcpt
+	}
+	return 0
 }
 
 // NewSession implements milterrt.Milter.
-func (*Milter) NewSession(*milterrt.State) milterrt.Session { return milterrt.BaseSession{} }
+func (m *Milter) NewSession(*milterrt.State) milterrt.Session { return &session{m: m} }
+
+func (m *Milter) snapshot() *rules.Snapshot {
+	if s := m.rules.Current(); s != nil {
+		return s
+	}
+	return m.empty
+}
+
+// plan is what the milter knows of one rules snapshot.
+type plan struct {
+	snap *rules.Snapshot
+	// spfRefusals: a policy rule on spf alone rejects or tempfails, so
+	// RCPT must wait for the reply.
+	spfRefusals bool
+	// spfRules, dmarcRules: some rule has that condition.
+	spfRules, dmarcRules bool
+}
+
+func (m *Milter) planFor(snap *rules.Snapshot) *plan {
+	if p := m.plan.Load(); p != nil && p.snap == snap {
+		return p
+	}
+	p := &plan{snap: snap}
+	if snap.Len() > 0 {
+		for _, r := range snap.Set().Rules {
+			if r.Milter != Name || !r.Enabled {
+				continue
+			}
+			if len(r.Match.DMARC) > 0 {
+				p.dmarcRules = true
+			} else if len(r.Match.SPF) > 0 {
+				p.spfRules = true
+				if r.Action == rules.ActionReject || r.Action == rules.ActionTempfail {
+					p.spfRefusals = true
+				}
+			}
+		}
+	}
+	m.plan.Store(p)
+	return p
+}
+
+// metrics are the policy milter's own counters.
+type metrics struct {
+	degraded   prometheus.Counter
+	arRemoved  prometheus.Counter
+	signatures *prometheus.CounterVec
+	results    *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) (metrics, error) {
+	m := metrics{
+		degraded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "geomilter_policy_dns_degraded_total",
+			Help: "Messages whose DNS look-ups ran out of the message budget or failed temporarily (trail: degraded dns).",
+		}),
+		arRemoved: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "geomilter_policy_authres_removed_total",
+			Help: "Incoming Authentication-Results fields removed because they claimed our authserv-id (RFC 8601 §5).",
+		}),
+		signatures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "geomilter_policy_dkim_signatures_total",
+			Help: "Outbound messages signed (outcome signed) or left unsigned although a signing entry covers their From domain (outcome error).",
+		}, []string{"outcome"}),
+		results: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "geomilter_policy_results_total",
+			Help: "Check results of inbound messages: check is spf, dkim (one per signature) or dmarc; result an RFC 8601 keyword.",
+		}, []string{"check", "result"}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.degraded, m.arRemoved, m.signatures, m.results} {
+		if err := reg.Register(c); err != nil {
+			return metrics{}, fmt.Errorf("policy: register metrics: %w", err)
+		}
+	}
+	return m, nil
+}

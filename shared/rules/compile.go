@@ -25,6 +25,7 @@ type Snapshot struct {
 	tenantByDomain map[string]*Tenant
 	tenantBySASL   map[string]*Tenant
 	relayNets      prefixTable // values index set.Tenants
+	signing        signingIndex
 
 	version  string
 	sumOnce  sync.Once
@@ -62,6 +63,7 @@ func Compile(set *Set) (*Snapshot, error) {
 			s.relayNets.add(p, int32(i))
 		}
 	}
+	s.signing = compileSigning(own.Signing)
 	order := precedenceOrder(own.Rules)
 	s.crules = make([]crule, len(order))
 	slabSize := 0
@@ -453,6 +455,7 @@ const (
 // instructions is what a lookup costs.
 type crule struct {
 	has         uint8 // condition bits
+	res         uint8 // result condition bits (rSPF, rDMARC)
 	dir         Direction
 	scopeKind   ScopeKind
 	scopeDomain string
@@ -476,6 +479,12 @@ type conds struct {
 func compileRule(r *Rule, tenants map[string]*Tenant, slab *[]conds) crule {
 	m := &r.Match
 	c := crule{rule: r, dir: m.Direction, scopeKind: r.Scope.Kind, ips: m.ClientIP}
+	if len(m.SPF) > 0 {
+		c.res |= rSPF
+	}
+	if len(m.DMARC) > 0 {
+		c.res |= rDMARC
+	}
 	switch r.Scope.Kind {
 	case ScopeDomain:
 		c.scopeDomain = r.Scope.Name

@@ -135,14 +135,22 @@ func (s *Set) Docs() ([]Doc, error) {
 		}
 		docs = append(docs, Doc{ID: s.Rules[i].DocID(), Body: b})
 	}
+	for i := range s.Signing {
+		b, err := s.Signing[i].MarshalDoc()
+		if err != nil {
+			return nil, err
+		}
+		docs = append(docs, Doc{ID: s.Signing[i].DocID(), Body: b})
+	}
 	sort.Slice(docs, func(i, j int) bool { return docs[i].ID < docs[j].ID })
 	return docs, nil
 }
 
-// SetFromDocs builds a valid Set from stored documents. A document that is
-// invalid — unreadable, written by another version with keys this one does
-// not know, conflicting with another tenant, scoped to a tenant that does
-// not exist, a duplicate id — is skipped and reported in the returned
+// SetFromDocs builds a valid Set from stored documents (rules, "tenant:ID"
+// and "signing:DOMAIN"). A document that is invalid — unreadable, written
+// by another version with keys this one does not know, conflicting with
+// another tenant, scoped to a tenant that does not exist, a duplicate id — is
+// skipped and reported in the returned
 // errors; the rest is used. Tenants are considered in id order, so which of
 // two conflicting tenants wins is the same on every node.
 func SetFromDocs(docs []Doc) (*Set, []error) {
@@ -155,12 +163,22 @@ func SetFromDocs(docs []Doc) (*Set, []error) {
 	c := newSetChecker()
 	seen := make(map[string]bool, len(sorted))
 	rules := make([]Rule, 0, len(sorted)) // Rule is large: growing by append would copy it over and over
+	var signing []Signing
 	for _, d := range sorted {
 		if seen[d.ID] {
 			skipped = append(skipped, fmt.Errorf("doc %q: duplicate id, skipped", d.ID))
 			continue
 		}
 		seen[d.ID] = true
+		if IsSigningDoc(d.ID) {
+			g, err := SigningFromDoc(d.ID, d.Body)
+			if err != nil {
+				skipped = append(skipped, fmt.Errorf("%w; skipped", err))
+				continue
+			}
+			signing = append(signing, g)
+			continue
+		}
 		if !IsTenantDoc(d.ID) {
 			r, err := RuleFromDoc(d.ID, d.Body)
 			if err != nil {
@@ -189,6 +207,14 @@ func SetFromDocs(docs []Doc) (*Set, []error) {
 			continue
 		}
 		set.Rules = append(set.Rules, rules[i])
+	}
+	var sc signingChecker
+	for i := range signing {
+		if err := sc.add(len(set.Signing), &signing[i], c).err(""); err != nil {
+			skipped = append(skipped, fmt.Errorf("signing doc %q: %w; skipped", signing[i].DocID(), err))
+			continue
+		}
+		set.Signing = append(set.Signing, signing[i])
 	}
 	return set, skipped
 }

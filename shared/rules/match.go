@@ -32,7 +32,18 @@ type Facts struct {
 	Subject string
 	// Headers are the message's header fields in order (see Header).
 	Headers []Header
+
+	// SPF and DMARC are the policy milter's check results (RFC 8601
+	// keywords, lower case); "" (not checked yet) satisfies no spf or
+	// dmarc condition.
+	SPF, DMARC string
 }
+
+// Result condition bits of a compiled rule (crule.res).
+const (
+	rSPF uint8 = 1 << iota
+	rDMARC
+)
 
 // query is Facts normalized once per lookup.
 type query struct {
@@ -48,15 +59,18 @@ type query struct {
 	scopeDom   string
 	tenant     *Tenant
 	content    contentFacts
+	spf, dmarc string
 }
 
 func (s *Snapshot) prepare(f *Facts) query {
 	q := query{
-		ip:   f.ClientIP.Unmap().WithZone(""),
-		name: NormDomain(f.ClientName),
-		helo: NormName(f.Helo),
-		sasl: NormName(f.SASLUser),
-		dir:  f.Direction,
+		ip:    f.ClientIP.Unmap().WithZone(""),
+		name:  NormDomain(f.ClientName),
+		helo:  NormName(f.Helo),
+		sasl:  NormName(f.SASLUser),
+		dir:   f.Direction,
+		spf:   f.SPF,
+		dmarc: f.DMARC,
 	}
 	if f.ContentKnown {
 		q.content = contentFacts{known: true, subject: f.Subject, headers: f.Headers}
@@ -200,6 +214,13 @@ func (c *crule) matches(q *query) bool {
 			}
 		}
 		if !found {
+			return false
+		}
+	}
+	if c.res != 0 {
+		m := &c.rule.Match
+		if c.res&rSPF != 0 && (q.spf == "" || !slices.Contains(m.SPF, q.spf)) ||
+			c.res&rDMARC != 0 && (q.dmarc == "" || !slices.Contains(m.DMARC, q.dmarc)) {
 			return false
 		}
 	}

@@ -14,6 +14,8 @@ import (
 type Set struct {
 	Tenants []Tenant
 	Rules   []Rule
+	// Signing lists the DKIM signing entries, one per domain (signing.go).
+	Signing []Signing
 	// Version is an opaque label chosen by whoever assembled the set (the
 	// state layer's clock, a saved snapshot's version); Snapshot.Version
 	// reports it. Empty means "use the checksum".
@@ -92,6 +94,14 @@ type Match struct {
 	// "Name: pattern". See content.go.
 	Subject []string
 	Header  []string
+	// SPF and DMARC are conditions on the policy milter's check results
+	// (policy rules only): the message's SPF result (RFC 7208 §2.6: pass,
+	// fail, softfail, neutral, none, temperror, permerror) or DMARC result
+	// (RFC 7489 §11.2: pass, fail, none, temperror, permerror) is one of
+	// the values. They say what a tenant does with a result
+	// (docs/policy.md); Facts without a result never satisfy them.
+	SPF   []string
+	DMARC []string
 }
 
 // IsEmpty reports whether m has no condition at all.
@@ -99,8 +109,12 @@ func (m *Match) IsEmpty() bool {
 	return len(m.ClientIP) == 0 && len(m.ClientName) == 0 && len(m.Helo) == 0 &&
 		len(m.Sender) == 0 && len(m.Rcpt) == 0 && len(m.SenderDomain) == 0 &&
 		len(m.RcptDomain) == 0 && len(m.SASLUser) == 0 && m.Direction == DirectionUnknown &&
-		len(m.Subject) == 0 && len(m.Header) == 0
+		len(m.Subject) == 0 && len(m.Header) == 0 && !m.HasResults()
 }
+
+// HasResults reports whether m has conditions on check results (spf,
+// dmarc), which the policy milter evaluates once it has them.
+func (m *Match) HasResults() bool { return len(m.SPF) > 0 || len(m.DMARC) > 0 }
 
 // HasContent reports whether m has conditions on message content (subject,
 // header), which match only once the content is known (Facts.ContentKnown).
@@ -204,6 +218,9 @@ const (
 	ActionArchive     Action = "archive"
 	ActionEncrypt     Action = "encrypt"
 	ActionSkip        Action = "skip"
+	// ActionTag marks the message with a header and lets it through (policy
+	// rules on check results; docs/policy.md).
+	ActionTag Action = "tag"
 )
 
 type actionInfo struct {
@@ -238,6 +255,7 @@ var actionTable = []struct {
 		{ActionDiscard, true, 0},
 		{ActionQuarantine, true, 0},
 		{ActionGreylist, true, 4},
+		{ActionTag, true, 0},
 	}},
 	// For archive and encrypt the "restrictive" choice is the one that
 	// keeps the guarantee (journal it, encrypt it) rather than waives it.
@@ -419,6 +437,7 @@ func (s *Set) Clone() *Set {
 	out := &Set{Version: s.Version, Tenants: make([]Tenant, len(s.Tenants)), Rules: make([]Rule, len(s.Rules))}
 	copy(out.Tenants, s.Tenants)
 	copy(out.Rules, s.Rules)
+	out.Signing = cloneSigning(s.Signing)
 	for i := range out.Tenants {
 		out.Tenants[i].cloneSlices()
 	}
@@ -458,6 +477,8 @@ func (r *Rule) cloneSlices() {
 	m.SASLUser = slices.Clone(m.SASLUser)
 	m.Subject = slices.Clone(m.Subject)
 	m.Header = slices.Clone(m.Header)
+	m.SPF = slices.Clone(m.SPF)
+	m.DMARC = slices.Clone(m.DMARC)
 	if r.Rate != nil {
 		rate := *r.Rate
 		r.Rate = &rate

@@ -58,6 +58,7 @@ func Parse(file string, data []byte) (*Set, error) {
 		}
 		set.Rules = append(set.Rules, r)
 	}
+	parseSigning(spec.Signing, set, c, report)
 	if err := doc.Problems().Err(); err != nil {
 		return nil, err
 	}

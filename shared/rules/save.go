@@ -56,16 +56,21 @@ type SavedInfo struct {
 // hash is the Snapshot's checksum. It returns the number of documents.
 func writeBody(w io.Writer, set *Set) (int, error) {
 	type entry struct {
-		id     string
-		tenant *Tenant
-		rule   *Rule
+		id      string
+		tenant  *Tenant
+		rule    *Rule
+		signing *Signing
 	}
-	entries := make([]entry, 0, len(set.Tenants)+len(set.Rules))
+	entries := make([]entry, 0, len(set.Tenants)+len(set.Rules)+len(set.Signing))
 	for i := range set.Tenants {
 		entries = append(entries, entry{id: set.Tenants[i].DocID(), tenant: &set.Tenants[i]})
 	}
 	for i := range set.Rules {
 		entries = append(entries, entry{id: set.Rules[i].DocID(), rule: &set.Rules[i]})
+	}
+	for i := range set.Signing {
+		// The key file's path, never the key: snapshots are plain files.
+		entries = append(entries, entry{id: set.Signing[i].DocID(), signing: &set.Signing[i]})
 	}
 	slices.SortFunc(entries, func(a, b entry) int { return strings.Compare(a.id, b.id) })
 
@@ -90,6 +95,8 @@ func writeBody(w io.Writer, set *Set) (int, error) {
 		var err error
 		if e.tenant != nil {
 			err = encode(tenantToSpec(e.tenant))
+		} else if e.signing != nil {
+			err = encode(signingToSpec(e.signing))
 		} else {
 			err = encode(ruleToSpec(e.rule))
 		}

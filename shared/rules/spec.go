@@ -12,8 +12,9 @@ import (
 // positioned problem rather than a decode failure of the whole entry.
 
 type fileSpec struct {
-	Tenants []tenantSpec `yaml:"tenants"`
-	Rules   []ruleSpec   `yaml:"rules"`
+	Tenants []tenantSpec  `yaml:"tenants"`
+	Rules   []ruleSpec    `yaml:"rules"`
+	Signing []signingSpec `yaml:"signing"`
 }
 
 type tenantSpec struct {
@@ -53,6 +54,8 @@ type matchSpec struct {
 	Direction    string   `yaml:"direction" json:"direction,omitempty"`
 	Subject      []string `yaml:"subject" json:"subject,omitempty"`
 	Header       []string `yaml:"header" json:"header,omitempty"`
+	SPF          []string `yaml:"spf" json:"spf,omitempty"`
+	DMARC        []string `yaml:"dmarc" json:"dmarc,omitempty"`
 }
 
 type rateSpec struct {
@@ -135,6 +138,8 @@ func (s *ruleSpec) toRule() (Rule, problems) {
 	r.Match.SASLUser = m.SASLUser
 	r.Match.Subject = m.Subject
 	r.Match.Header = m.Header
+	r.Match.SPF = m.SPF
+	r.Match.DMARC = m.DMARC
 	if strings.TrimSpace(m.Direction) != "" {
 		d, err := ParseDirection(m.Direction)
 		if err != nil {
@@ -222,6 +227,8 @@ func ruleToSpec(r *Rule) ruleSpec {
 	s.Match.Direction = m.Direction.String()
 	s.Match.Subject = m.Subject
 	s.Match.Header = m.Header
+	s.Match.SPF = m.SPF
+	s.Match.DMARC = m.DMARC
 	return s
 }
 

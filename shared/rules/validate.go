@@ -229,9 +229,11 @@ func normDomains(vs []string) {
 // dots, unmapped prefixes) so matching is a plain comparison.
 func (r *Rule) normalize() {
 	m := &r.Match
-	for _, vs := range []*[]string{&m.ClientName, &m.Helo, &m.Sender, &m.Rcpt, &m.SenderDomain, &m.RcptDomain, &m.SASLUser, &m.Subject, &m.Header} {
+	for _, vs := range []*[]string{&m.ClientName, &m.Helo, &m.Sender, &m.Rcpt, &m.SenderDomain, &m.RcptDomain, &m.SASLUser, &m.Subject, &m.Header, &m.SPF, &m.DMARC} {
 		nilIfEmpty(vs)
 	}
+	lowerAll(m.SPF)
+	lowerAll(m.DMARC)
 	if len(m.ClientIP) == 0 {
 		m.ClientIP = nil
 	}
@@ -341,6 +343,60 @@ func (r *Rule) check() problems {
 		}
 	}
 	ps = append(ps, r.Match.check(r.Milter)...)
+	ps = append(ps, r.checkResults(actionOK)...)
+	return ps
+}
+
+// Result values the spf and dmarc match keys take: RFC 7208 §2.6 and
+// RFC 7489 §11.2 (as RFC 8601 §2.7 spells them).
+var (
+	spfResults   = []string{"pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"}
+	dmarcResults = []string{"pass", "fail", "none", "temperror", "permerror"}
+	// resultActions are what a rule on check results may do: record only
+	// (allow), tag, quarantine, reject, tempfail (docs/policy.md).
+	resultActions = []Action{ActionAllow, ActionTag, ActionQuarantine, ActionReject, ActionTempfail}
+)
+
+// checkResults checks the spf and dmarc conditions and the tag action,
+// which go together: a rule on check results is the policy milter's, says
+// what to do with a result, and is decided where that result exists.
+func (r *Rule) checkResults(actionOK bool) problems {
+	var ps problems
+	m := &r.Match
+	values := func(key string, vs, known []string) {
+		for i, v := range vs {
+			if !slices.Contains(known, v) {
+				ps.add("match."+key+"["+strconv.Itoa(i)+"]", "unknown %s result %q (known: %s)", key, v, strings.Join(known, ", "))
+			}
+		}
+	}
+	values("spf", m.SPF, spfResults)
+	values("dmarc", m.DMARC, dmarcResults)
+	if !m.HasResults() {
+		if r.Action == ActionTag && r.Milter == "policy" {
+			ps.add("action", "tag marks a check result: add match.spf or match.dmarc")
+		}
+		return ps
+	}
+	if r.Milter != "policy" {
+		key := "match.spf"
+		if len(m.SPF) == 0 {
+			key = "match.dmarc"
+		}
+		ps.add(key, "spf and dmarc are the policy milter's check results; use them in policy rules only")
+		return ps
+	}
+	if actionOK && !slices.Contains(resultActions, r.Action) {
+		ps.add("action", "a rule on spf or dmarc results takes one of: allow (record only), tag, quarantine, reject, tempfail; not %s", r.Action)
+	}
+	if r.Rate != nil {
+		ps.add("rate", "a rule on spf or dmarc results cannot be a rate rule")
+	}
+	if len(m.DMARC) == 0 && m.HasContent() {
+		// Without dmarc the rule is decided per recipient at RCPT, before
+		// the content exists (docs/policy.md).
+		ps.add("match.spf", "a rule on spf alone is decided at RCPT, before the content: remove subject and header, or add a dmarc condition")
+	}
 	return ps
 }
 
@@ -591,6 +647,9 @@ func (s *Set) Validate() error {
 		if err := ps.err("rules[" + strconv.Itoa(i) + "]"); err != nil {
 			all = append(all, err)
 		}
+	}
+	if err := validateSigning(s, c); err != nil {
+		all = append(all, err)
 	}
 	return errors.Join(all...)
 }

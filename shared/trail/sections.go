@@ -94,9 +94,40 @@ type PolicySection struct {
 	Threshold float64 `json:"threshold,omitempty"`
 	// Rules are the policy rules that decided or let the message through.
 	Rules []RuleHit `json:"rules,omitempty"`
+	// Direction is inbound (verified) or outbound (signed, not verified).
+	Direction string `json:"direction,omitempty"`
+	// AuthResRemoved counts the incoming Authentication-Results fields
+	// removed because they claimed our authserv-id (RFC 8601 §5: forged).
+	AuthResRemoved int `json:"authres_removed,omitempty"`
+	// Tags are the checks the tag action marked in the X-Geomilter-Policy
+	// header, e.g. ["spf=softfail"].
+	Tags []string `json:"tags,omitempty"`
+	// Signed is the DKIM signature added to outbound mail, or why none
+	// could be.
+	Signed *SignedResult `json:"signed,omitempty"`
+	// DNS is the message's DNS budget use, when it looked names up.
+	DNS *DNSUse `json:"dns,omitempty"`
 }
 
 func (s *PolicySection) attach(e *Event) { e.Policy = s }
+
+// SignedResult is the DKIM signing of an outbound message.
+type SignedResult struct {
+	Domain    string `json:"domain"`   // d=
+	Selector  string `json:"selector"` // s=
+	Algorithm string `json:"algorithm,omitempty"`
+	// Error says why the message went out unsigned although an entry
+	// covers its From domain (e.g. an unusable key file).
+	Error string `json:"error,omitempty"`
+}
+
+// DNSUse is how much of its DNS budget a message spent.
+type DNSUse struct {
+	SpentMS float64 `json:"spent_ms"`
+	// Exhausted: the budget ran out, so some look-up was cut short or not
+	// made (the event's degraded has "dns").
+	Exhausted bool `json:"exhausted,omitempty"`
+}
 
 // SPFResult is one SPF check.
 type SPFResult struct {
@@ -106,6 +137,8 @@ type SPFResult struct {
 	// softfail, temperror, permerror.
 	Result string `json:"result"`
 	Detail string `json:"detail,omitempty"`
+	// DurationMS is the check's time, DNS included.
+	DurationMS float64 `json:"duration_ms,omitempty"`
 }
 
 // DKIMResult is one signature's verification.
@@ -132,6 +165,8 @@ type DMARCResult struct {
 	// Disposition is what the milter applied for DMARC: none, quarantine or
 	// reject (a local policy may apply less than the domain asks).
 	Disposition string `json:"disposition,omitempty"`
+	// DurationMS is the evaluation's time, DNS included.
+	DurationMS float64 `json:"duration_ms,omitempty"`
 }
 
 // DNSBLHit is a block list that listed the client.

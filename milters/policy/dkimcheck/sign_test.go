@@ -37,7 +37,9 @@ const testMessage = "Received: from x by y; Mon, 7 Dec 2026 02:00:00 +0000\r\n" 
 	"Alice\r\n" +
 	"\r\n\r\n"
 
-var fixedNow = time.Unix(1796608800, 0) // 2026-12-07 02:00:00 UTC
+// fixedNow is the signing time of the tests: now (to the second), because
+// the verifiers judge an x= expiry by the real clock.
+var fixedNow = time.Now().Truncate(time.Second)
 
 // keys made once: RSA generation costs a second or so.
 var testKeys = sync.OnceValue(func() map[string]crypto.Signer {

@@ -1,0 +1,90 @@
+package policy_test
+
+import (
+	"io"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	milter "github.com/emersion/go-milter"
+
+	"github.com/geomilter/geomilter/milters/policy/dkimcheck"
+	"github.com/geomilter/geomilter/shared/milterrt/miltertest"
+)
+
+// TestVerify50MB: a DKIM-signed 50 MB message is verified (dkim=pass)
+// while the heap of the process (milter and client) grows by less than
+// 64 MB: the body streams through the verifier and into the message file.
+func TestVerify50MB(t *testing.T) {
+	if testing.Short() {
+		t.Skip("50 MB message")
+	}
+	const size = 50 << 20
+	line := []byte("0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789\r\n")
+	body := func() io.Reader {
+		pr, pw := io.Pipe()
+		go func() {
+			var err error
+			for n := 0; n < size && err == nil; n += len(line) {
+				_, err = pw.Write(line)
+			}
+			pw.CloseWithError(err)
+		}()
+		return pr
+	}
+	head := "From: <a@example.org>\r\nTo: <b@acme.example>\r\nSubject: big\r\nMessage-ID: <big@x>\r\n\r\n"
+	f := newFixture(t)
+	sig, err := dkimcheck.Sign(io.MultiReader(strings.NewReader(head), body()), dkimcheck.SignOptions{Domain: "example.org", Selector: "sel", Key: f.key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := serve(t, f.res, f.rules(t), 2*time.Second)
+	c := ts.DialOffer(t, miltertest.PostfixActions, miltertest.PostfixProtocol)
+
+	runtime.GC()
+	var base runtime.MemStats
+	runtime.ReadMemStats(&base)
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		var ms runtime.MemStats
+		for {
+			runtime.ReadMemStats(&ms)
+			if ms.HeapInuse > peak.Load() {
+				peak.Store(ms.HeapInuse)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}()
+	res := c.Send(t, miltertest.Transaction{
+		Peer: peer("192.0.2.1"), Sender: "a@example.org", Rcpts: []miltertest.Rcpt{{Addr: "b@acme.example"}},
+		Headers: []miltertest.Header{
+			{Name: dkimcheck.HeaderName, Value: strings.ReplaceAll(sig, "\r\n", "\n")},
+			{Name: "From", Value: " <a@example.org>"}, {Name: "To", Value: " <b@acme.example>"},
+			{Name: "Subject", Value: " big"}, {Name: "Message-ID", Value: " <big@x>"},
+		},
+		Body: body(),
+	})
+	close(stop)
+	<-sampled
+	if res.Reply.Code != milter.ActAccept {
+		t.Fatalf("reply %+v", res.Reply)
+	}
+	added, _ := authRes(res.Mods)
+	if len(added) != 1 || !strings.Contains(added[0], "dkim=pass") || !strings.Contains(added[0], "dmarc=pass") {
+		t.Errorf("A-R %q", added)
+	}
+	growth := int64(peak.Load()) - int64(base.HeapInuse)
+	t.Logf("50 MB message verified: peak heap in use %.1f MB above the %.1f MB before (limit 64 MB)", float64(growth)/(1<<20), float64(base.HeapInuse)/(1<<20))
+	if growth > 64<<20 {
+		t.Errorf("heap grew by %d MB for a 50 MB message, more than 64 MB", growth>>20)
+	}
+}
