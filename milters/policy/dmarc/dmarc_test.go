@@ -7,10 +7,11 @@ import (
 	"time"
 
 	"github.com/geomilter/geomilter/shared/resolver"
+	"github.com/geomilter/geomilter/shared/resolver/resolvertest"
 )
 
-func fixtures() zone {
-	return zone{
+func fixtures() resolvertest.Zone {
+	return resolvertest.Zone{
 		"_dmarc.reject.example":        {`TXT "v=DMARC1; p=reject"`},
 		"_dmarc.quarantine.example":    {`TXT "v=DMARC1; p=quarantine"`},
 		"_dmarc.monitor.example":       {`TXT "v=DMARC1; p=none; rua=mailto:d@monitor.example"`},
@@ -39,9 +40,9 @@ func fixtures() zone {
 }
 
 func TestEvaluate(t *testing.T) {
-	for _, nr := range serveZone(t, fixtures()) {
-		r := nr.r
-		t.Run(nr.name, func(t *testing.T) {
+	for _, nr := range resolvertest.Serve(t, fixtures()) {
+		r := nr.R
+		t.Run(nr.Name, func(t *testing.T) {
 			type dk = DKIMResult
 			tests := []struct {
 				name      string
@@ -172,9 +173,9 @@ func TestEvaluate(t *testing.T) {
 
 // A server that never answers: the evaluation ends with ctx, temperror.
 func TestTimeoutIsTempError(t *testing.T) {
-	for _, nr := range blackhole(t) {
-		r := nr.r
-		t.Run(nr.name, func(t *testing.T) {
+	for _, nr := range resolvertest.Blackhole(t) {
+		r := nr.R
+		t.Run(nr.Name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 			defer cancel()
 			got := Evaluate(ctx, r, Input{From: []string{"u@reject.example"}})
@@ -192,9 +193,9 @@ func TestNilResolver(t *testing.T) {
 }
 
 func TestComment(t *testing.T) {
-	for _, nr := range serveZone(t, fixtures()) {
-		r := nr.r
-		t.Run(nr.name, func(t *testing.T) {
+	for _, nr := range resolvertest.Serve(t, fixtures()) {
+		r := nr.R
+		t.Run(nr.Name, func(t *testing.T) {
 			tests := []struct {
 				from   string
 				sample int
@@ -281,14 +282,14 @@ func FuzzFrom(f *testing.F) {
 func TestBudget(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
-		rs     []namedResolver
+		rs     []resolvertest.Named
 		budget time.Duration
 	}{
-		{"spent", serveZone(t, fixtures()), 0},
-		{"silent server", blackhole(t), 200 * time.Millisecond},
+		{"spent", resolvertest.Serve(t, fixtures()), 0},
+		{"silent server", resolvertest.Blackhole(t), 200 * time.Millisecond},
 	} {
 		ctx := resolver.WithBudget(context.Background(), tc.budget)
-		got := Evaluate(ctx, tc.rs[0].r, Input{From: []string{"u@reject.example"}})
+		got := Evaluate(ctx, tc.rs[0].R, Input{From: []string{"u@reject.example"}})
 		if got.Result != TempError || got.Disposition != DispositionNone {
 			t.Errorf("%s: got %s/%s (%v), want temperror/none", tc.name, got.Result, got.Disposition, got.Err)
 		}

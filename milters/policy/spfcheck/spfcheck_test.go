@@ -12,6 +12,7 @@ import (
 	"blitiri.com.ar/go/spf"
 
 	"github.com/geomilter/geomilter/shared/resolver"
+	"github.com/geomilter/geomilter/shared/resolver/resolvertest"
 )
 
 const (
@@ -19,8 +20,8 @@ const (
 	hit     = "A 127.0.0.2" // what an exists: name answers
 )
 
-func fixtures() zone {
-	z := zone{
+func fixtures() resolvertest.Zone {
+	z := resolvertest.Zone{
 		// §5.1 all, with each qualifier (§4.6.2).
 		"fail.example":     {`TXT "v=spf1 -all"`},
 		"pass.example":     {`TXT "v=spf1 +all"`},
@@ -123,9 +124,9 @@ func spfTXT(terms string) string { return `TXT "v=spf1 ` + terms + ` -all"` }
 var clientIP = net.ParseIP("192.0.2.10")
 
 func TestCheck(t *testing.T) {
-	for _, nr := range serveZone(t, fixtures()) {
-		r := nr.r
-		t.Run(nr.name, func(t *testing.T) {
+	for _, nr := range resolvertest.Serve(t, fixtures()) {
+		r := nr.R
+		t.Run(nr.Name, func(t *testing.T) {
 			tests := []struct {
 				name     string
 				ip       string // default clientIP
@@ -254,9 +255,9 @@ func TestCheck(t *testing.T) {
 // The §4.6.4 limit counts terms, and every query the library makes goes
 // through the resolver given.
 func TestQueriesCounted(t *testing.T) {
-	for _, nr := range serveZone(t, fixtures()) {
-		r := nr.r
-		t.Run(nr.name, func(t *testing.T) {
+	for _, nr := range resolvertest.Serve(t, fixtures()) {
+		r := nr.R
+		t.Run(nr.Name, func(t *testing.T) {
 			got := Check(context.Background(), r, clientIP, "helo.example", "u@limit10.example")
 			// 1 TXT + 10 A/AAAA look-ups (Go's LookupIPAddr asks A and AAAA, but
 			// it is one call here).
@@ -272,9 +273,9 @@ func TestQueriesCounted(t *testing.T) {
 }
 
 func TestCheckHELO(t *testing.T) {
-	for _, nr := range serveZone(t, fixtures()) {
-		r := nr.r
-		t.Run(nr.name, func(t *testing.T) {
+	for _, nr := range resolvertest.Serve(t, fixtures()) {
+		r := nr.R
+		t.Run(nr.Name, func(t *testing.T) {
 			tests := []struct {
 				helo, want string
 			}{
@@ -303,9 +304,9 @@ func TestCheckHELO(t *testing.T) {
 // A server that never answers: the check ends with the context, as a
 // temperror (RFC 7208 §2.6.6), not a longer wait.
 func TestTimeoutIsTempError(t *testing.T) {
-	for _, nr := range blackhole(t) {
-		r := nr.r
-		t.Run(nr.name, func(t *testing.T) {
+	for _, nr := range resolvertest.Blackhole(t) {
+		r := nr.R
+		t.Run(nr.Name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 			defer cancel()
 			got := Check(ctx, r, clientIP, "helo.example", "u@fail.example")
@@ -322,9 +323,9 @@ func TestServerFailureMidway(t *testing.T) {
 	z := fixtures()
 	z["midway.example"] = []string{`TXT "v=spf1 a:servfail.example -all"`}
 	z["servfail.example"] = []string{"SERVFAIL"}
-	for _, nr := range serveZone(t, z) {
-		r := nr.r
-		t.Run(nr.name, func(t *testing.T) {
+	for _, nr := range resolvertest.Serve(t, z) {
+		r := nr.R
+		t.Run(nr.Name, func(t *testing.T) {
 			got := Check(context.Background(), r, clientIP, "helo.example", "u@midway.example")
 			if got.Result != TempError {
 				t.Fatalf("got %s (%v), want temperror", got.Result, got.Err)
@@ -346,14 +347,14 @@ func TestNilResolver(t *testing.T) {
 func TestBudget(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
-		rs     []namedResolver
+		rs     []resolvertest.Named
 		budget time.Duration
 	}{
-		{"spent", serveZone(t, fixtures()), 0},
-		{"silent server", blackhole(t), 200 * time.Millisecond},
+		{"spent", resolvertest.Serve(t, fixtures()), 0},
+		{"silent server", resolvertest.Blackhole(t), 200 * time.Millisecond},
 	} {
 		ctx := resolver.WithBudget(context.Background(), tc.budget)
-		got := Check(ctx, tc.rs[0].r, clientIP, "helo.example", "u@pass.example")
+		got := Check(ctx, tc.rs[0].R, clientIP, "helo.example", "u@pass.example")
 		if got.Result != TempError {
 			t.Errorf("%s: got %s (%v), want temperror", tc.name, got.Result, got.Err)
 		}

@@ -1,10 +1,10 @@
-package dmarc
-
-// The tests' DNS: a real server (shared/dnstest) serving the fixtures, asked
-// through two real resolvers — the project's (shared/resolver.Client, what
-// production uses) and Go's stub resolver (*net.Resolver, what the
-// Resolver interface mirrors) — so every look-up crosses the wire and both
-// resolvers' error semantics meet the DMARC look-ups.
+// Package resolvertest gives tests of DNS-using checks (SPF, DMARC, …) a
+// real DNS path: a shared/dnstest server serving fixture records, asked
+// through two real resolvers — the project's (resolver.Client, what
+// production uses) and Go's stub resolver (*net.Resolver, whose method set
+// resolver.Resolver mirrors) — so every look-up crosses the wire and both
+// resolvers' error semantics meet the check under test.
+package resolvertest
 
 import (
 	"context"
@@ -21,17 +21,19 @@ import (
 	"github.com/geomilter/geomilter/shared/resolver"
 )
 
-// zone maps owner names to their records in zone-file syntax ("TXT \"…\"",
+// Zone maps owner names to their records in zone-file syntax ("TXT \"…\"",
 // "A 192.0.2.1"); a name listed with no records of the asked type answers
 // NODATA, an unlisted one NXDOMAIN, and one whose only record is "SERVFAIL"
 // answers SERVFAIL. Every name must be under example. or in-addr.arpa.
-type zone map[string][]string
+type Zone map[string][]string
 
 const soas = `example. 300 IN SOA ns.example. hostmaster.example. 1 3600 600 86400 300
 in-addr.arpa. 300 IN SOA ns.example. hostmaster.example. 1 3600 600 86400 300
 `
 
-func (z zone) text() string {
+// Text is z in zone-file syntax, with the SOAs that make negative answers
+// authoritative.
+func (z Zone) Text() string {
 	names := make([]string, 0, len(z))
 	for name := range z {
 		names = append(names, name)
@@ -49,31 +51,33 @@ func (z zone) text() string {
 	return b.String()
 }
 
-type namedResolver struct {
-	name string
-	r    resolver.Resolver
+// Named is a resolver with a name for subtests.
+type Named struct {
+	Name string
+	R    resolver.Resolver
 }
 
-// serveZone starts a dnstest server for z and returns the two resolvers
-// that ask it.
-func serveZone(t testing.TB, z zone) []namedResolver {
+// Serve starts a dnstest server for z and returns the two resolvers that
+// ask it.
+func Serve(t testing.TB, z Zone) []Named {
 	t.Helper()
-	srv := dnstest.Start(t, z.text())
+	srv := dnstest.Start(t, z.Text())
 	for name, rrs := range z {
 		if len(rrs) == 1 && rrs[0] == "SERVFAIL" {
 			srv.ServFail(name)
 		}
 	}
-	return resolversAt(t, srv.Addr())
+	return At(t, srv.Addr())
 }
 
-// blackhole returns resolvers asking a server that never answers.
-func blackhole(t testing.TB) []namedResolver {
+// Blackhole returns the two resolvers asking a server that never answers.
+func Blackhole(t testing.TB) []Named {
 	t.Helper()
-	return resolversAt(t, dnstest.StartBlackhole(t).Addr())
+	return At(t, dnstest.StartBlackhole(t).Addr())
 }
 
-func resolversAt(t testing.TB, addr string) []namedResolver {
+// At returns the two resolvers asking the server at addr (host:port).
+func At(t testing.TB, addr string) []Named {
 	t.Helper()
 	client, err := resolver.New(resolver.Options{Servers: []string{addr}, Timeout: 5 * time.Second, CacheSize: -1})
 	if err != nil {
@@ -83,5 +87,5 @@ func resolversAt(t testing.TB, addr string) []namedResolver {
 		var d net.Dialer
 		return d.DialContext(ctx, network, addr)
 	}}
-	return []namedResolver{{"resolver", client}, {"net", stub}}
+	return []Named{{"resolver", client}, {"net", stub}}
 }
