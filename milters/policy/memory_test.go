@@ -2,9 +2,7 @@ package policy_test
 
 import (
 	"io"
-	"runtime"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -43,27 +41,7 @@ func TestVerify50MB(t *testing.T) {
 	ts := serve(t, f.res, f.rules(t), 2*time.Second)
 	c := ts.DialOffer(t, miltertest.PostfixActions, miltertest.PostfixProtocol)
 
-	runtime.GC()
-	var base runtime.MemStats
-	runtime.ReadMemStats(&base)
-	var peak atomic.Uint64
-	stop := make(chan struct{})
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		var ms runtime.MemStats
-		for {
-			runtime.ReadMemStats(&ms)
-			if ms.HeapInuse > peak.Load() {
-				peak.Store(ms.HeapInuse)
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(10 * time.Millisecond):
-			}
-		}
-	}()
+	watch := miltertest.WatchHeap()
 	res := c.Send(t, miltertest.Transaction{
 		Peer: peer("192.0.2.1"), Sender: "a@example.org", Rcpts: []miltertest.Rcpt{{Addr: "b@acme.example"}},
 		Headers: []miltertest.Header{
@@ -73,8 +51,7 @@ func TestVerify50MB(t *testing.T) {
 		},
 		Body: body(),
 	})
-	close(stop)
-	<-sampled
+	growth := watch.Stop()
 	if res.Reply.Code != milter.ActAccept {
 		t.Fatalf("reply %+v", res.Reply)
 	}
@@ -82,8 +59,7 @@ func TestVerify50MB(t *testing.T) {
 	if len(added) != 1 || !strings.Contains(added[0], "dkim=pass") || !strings.Contains(added[0], "dmarc=pass") {
 		t.Errorf("A-R %q", added)
 	}
-	growth := int64(peak.Load()) - int64(base.HeapInuse)
-	t.Logf("50 MB message verified: peak heap in use %.1f MB above the %.1f MB before (limit 64 MB)", float64(growth)/(1<<20), float64(base.HeapInuse)/(1<<20))
+	t.Logf("50 MB message verified: peak heap in use %.1f MB above the %.1f MB before (limit 64 MB)", float64(growth)/(1<<20), float64(watch.Base())/(1<<20))
 	if growth > 64<<20 {
 		t.Errorf("heap grew by %d MB for a 50 MB message, more than 64 MB", growth>>20)
 	}

@@ -8,12 +8,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	milter "github.com/emersion/go-milter"
 
@@ -261,39 +259,17 @@ func TestWholeMessage50MB(t *testing.T) {
 	ts := start(t, m, Options{MessageDir: dir}, false)
 	c := ts.DialOffer(t, miltertest.PostfixActions, miltertest.PostfixProtocol)
 
-	runtime.GC()
-	var base runtime.MemStats
-	runtime.ReadMemStats(&base)
-	var peak atomic.Uint64
-	stop := make(chan struct{})
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		var ms runtime.MemStats
-		for {
-			runtime.ReadMemStats(&ms)
-			if ms.HeapInuse > peak.Load() {
-				peak.Store(ms.HeapInuse)
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(10 * time.Millisecond):
-			}
-		}
-	}()
+	watch := miltertest.WatchHeap()
 	res := c.Send(t, miltertest.Transaction{Sender: "a@example.org", Rcpts: []miltertest.Rcpt{{Addr: "b@example.net"}},
 		Headers: []miltertest.Header{{Name: "Subject", Value: " big"}}, Body: body(want)})
-	close(stop)
-	<-sampled
+	growth := watch.Stop()
 	if res.Reply.Code != milter.ActAccept {
 		t.Fatalf("result %v", res)
 	}
 	if !bytes.Equal(gotSum, want.Sum(nil)) || gotSize < size {
 		t.Errorf("message read at end of message: %d bytes, digest differs: %v", gotSize, !bytes.Equal(gotSum, want.Sum(nil)))
 	}
-	growth := int64(peak.Load()) - int64(base.HeapInuse)
-	t.Logf("50 MB message: peak heap in use %.1f MB above the %.1f MB before (limit 64 MB)", float64(growth)/(1<<20), float64(base.HeapInuse)/(1<<20))
+	t.Logf("50 MB message: peak heap in use %.1f MB above the %.1f MB before (limit 64 MB)", float64(growth)/(1<<20), float64(watch.Base())/(1<<20))
 	if growth > 64<<20 {
 		t.Errorf("heap grew by %d MB for a 50 MB message, more than 64 MB", growth>>20)
 	}
