@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,7 +18,6 @@ import (
 	"github.com/geomilter/geomilter/shared/config"
 	"github.com/geomilter/geomilter/shared/dnstest"
 	"github.com/geomilter/geomilter/shared/milterrt"
-	"github.com/geomilter/geomilter/shared/milterrt/miltertest"
 	"github.com/geomilter/geomilter/shared/resolver"
 	"github.com/geomilter/geomilter/shared/rules"
 	"github.com/geomilter/geomilter/shared/service"
@@ -285,23 +283,9 @@ func queuedMessage(t *testing.T, s *site, qid string) ([][2]string, string) {
 // verifyRaw runs dkimcheck's verifier over a raw message.
 func verifyRaw(t *testing.T, r resolver.Resolver, raw string) []dkimcheck.Result {
 	t.Helper()
-	hs, body, err := miltertest.SplitMessage(strings.NewReader(raw))
+	res, err := dkimcheck.VerifyMessage(context.Background(), strings.NewReader(raw), dkimcheck.VerifyOptions{LookupTXT: r.LookupTXT})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := io.ReadAll(body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := dkimcheck.NewVerifier(context.Background(), dkimcheck.VerifyOptions{LookupTXT: r.LookupTXT})
-	for _, h := range hs {
-		v.Header(h.Name, strings.ReplaceAll(h.Value, "\n", "\r\n"))
-	}
-	v.EndHeaders()
-	v.Body(b)
-	results, err := v.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return results
+	return res
 }
