@@ -1,24 +1,35 @@
 # geomilter — build, test, benchmark.
 # `make test` is what CI runs (unit + integration, real redis-server);
 # `make bench` and `make drill` print figures and fail when a target is missed (run by hand).
-GO      ?= go
+# Go: from PATH, else /usr/local/go (sudo's secure_path drops /usr/local/go/bin).
+# Its directory is appended to PATH for the scripts and tests make runs (they call `go`).
+ifeq ($(origin GO),undefined)
+GO := $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+endif
+GODIR   := $(patsubst %/,%,$(dir $(filter /%,$(GO))))
+export PATH := $(PATH)$(if $(GODIR),:$(GODIR))
 BIN     := bin/geomilter
 PKGS    := ./...
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/geomilter/geomilter/shared/buildinfo.Version=$(VERSION)
 
-.PHONY: all build test unit integration fuzz bench drill demo vet fmt deps clean
+.PHONY: all build test unit integration fuzz bench drill demo vet fmt deps gocheck fresh-check clean
 
 all: build
 
-build:
+gocheck:
+	@test -x "$(GO)" || command -v "$(GO)" >/dev/null || { echo "make: Go not found (looked in PATH and /usr/local/go/bin); install Go or run make GO=/path/to/go" >&2; exit 1; }
+
+build: gocheck
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./milters
 
-# Installs what the tests need on a fresh Debian machine (idempotent; needs root).
+# Installs what the tests, demo and drill need on a fresh Debian machine (idempotent;
+# needs root only when something is missing, and says which packages otherwise).
+# test, demo and drill run it first.
 deps:
 	scripts/install-deps.sh
 
-vet:
+vet: gocheck
 	$(GO) vet $(PKGS)
 	@test -z "$$(gofmt -l milters shared integration 2>/dev/null)" || { gofmt -l milters shared integration; echo "gofmt needed"; exit 1; }
 
@@ -32,16 +43,20 @@ integration: build
 fuzz:
 	scripts/fuzz-short.sh $${FUZZTIME:-10s}
 
-test: vet unit integration fuzz
+test: deps vet unit integration fuzz
 
 bench: build
 	scripts/bench.sh
 
-drill: build
-	scripts/drill.sh
+drill: deps build
+	GEOMILTER_SKIP_DEPS=1 scripts/drill.sh
 
-demo: build
-	scripts/demo.sh
+demo: deps build
+	GEOMILTER_SKIP_DEPS=1 scripts/demo.sh
+
+# The README's commands in a fresh Debian 12 root file system (debootstrap; root; slow).
+fresh-check:
+	scripts/fresh-check.sh
 
 fmt:
 	gofmt -w milters shared integration

@@ -8,6 +8,7 @@
 # the pass/fail checks are printed. Exit status non-zero on a miss.
 #
 # Settings (environment):
+#   GEOMILTER_BIN           the binary                    (default bin/geomilter, built if missing)
 #   GEOMILTER_DRILL_PHASE   length of each phase          (default 50s; 5 phases)
 #   GEOMILTER_DRILL_WARMUP  load before the first phase   (default 15s)
 #   GEOMILTER_DRILL_RATE    smtp-source senders, each one message then a 1 s pause
@@ -22,8 +23,12 @@ if [ "$(id -u)" != 0 ]; then
 	echo "drill: needs root (network namespaces, Postfix instances): sudo make drill" >&2
 	exit 2
 fi
+export PATH="$PATH:/usr/local/go/bin" # sudo's secure_path drops it
 [ "${GEOMILTER_SKIP_DEPS:-}" = 1 ] || scripts/install-deps.sh
-[ -x bin/geomilter ] || make build
-export GEOMILTER_DRILL=1 GEOMILTER_REQUIRE_POSTFIX=1 GEOMILTER_BIN="$PWD/bin/geomilter"
+if [ -z "${GEOMILTER_BIN:-}" ]; then
+	[ -x bin/geomilter ] || make build
+	GEOMILTER_BIN=$PWD/bin/geomilter
+fi
+export GEOMILTER_DRILL=1 GEOMILTER_REQUIRE_POSTFIX=1 GEOMILTER_BIN
 # -timeout: generous; the harness tears the sites down 30 s before it fires.
 exec go test -count=1 -timeout 40m -run '^TestDrill$' -v ./integration/postfix/

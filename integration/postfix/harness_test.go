@@ -3,6 +3,7 @@ package postfix
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -86,9 +87,12 @@ func checkGate() string {
 	if len(missing) > 0 {
 		return "missing programs: " + strings.Join(missing, ", ")
 	}
-	out, err := exec.Command("postconf", "-h", "daemon_directory").Output()
+	// -d: the compiled-in default. Without it postconf reads /etc/postfix/main.cf,
+	// which a fresh machine lacks (Postfix installed with "No configuration");
+	// the tests run their own instances with their own config directories.
+	out, err := exec.Command("postconf", "-d", "-h", "daemon_directory").Output()
 	if err != nil {
-		return "postconf -h daemon_directory: " + err.Error()
+		return "postconf -d -h daemon_directory: " + cmdError(err)
 	}
 	daemonDir = strings.TrimSpace(string(out))
 	if _, err := os.Stat(filepath.Join(daemonDir, "master")); err != nil {
@@ -108,11 +112,20 @@ func checkGate() string {
 	return ""
 }
 
+// cmdError is err with the command's own stderr, which says why it failed.
+func cmdError(err error) string {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && len(bytes.TrimSpace(ee.Stderr)) > 0 {
+		return err.Error() + ": " + string(bytes.TrimSpace(ee.Stderr))
+	}
+	return err.Error()
+}
+
 // lookupID returns the numeric id of a user ("passwd") or group ("group").
 func lookupID(db, name string) (int, error) {
 	out, err := exec.Command("getent", db, name).Output()
 	if err != nil {
-		return 0, fmt.Errorf("getent %s %s: %w", db, name, err)
+		return 0, fmt.Errorf("getent %s %s: %s", db, name, cmdError(err))
 	}
 	f := strings.Split(strings.TrimSpace(string(out)), ":")
 	if len(f) < 3 {

@@ -39,17 +39,69 @@ const DefaultConfig = "/etc/geomilter/geomilter.yaml"
 // DefaultTimeout is the budget of one Redis call or metrics scrape.
 const DefaultTimeout = 2 * time.Second
 
-const usage = `usage: geomilter ctl [--config FILE] [--timeout 2s] <command>
+// command is one ctl command: its line in the usage text and the head of its --help.
+type command struct {
+	name, args, desc string
+}
 
-commands:
-  rules apply -f FILE [--dry-run] [--prune]   validate FILE, show and write the changes (this site's primary)
-  rules list                                   rules and tenants in force (merged over all sites)
-  rules delete ID... [--dry-run]               delete rules or tenants (tenant:ID) at every site
-  rules export                                 print the merged rules as a rules file
-  status                                       Redis instances, replica links, local milter processes
+// commands are ctl's commands, in the order the usage text lists them.
+var commands = []command{
+	{"rules apply", "-f FILE [--dry-run] [--prune]", "validate FILE, show and write the changes (this site's primary)"},
+	{"rules list", "", "rules and tenants in force (merged over all sites)"},
+	{"rules delete", "ID... [--dry-run]", "delete rules or tenants (tenant:ID) at every site"},
+	{"rules export", "", "print the merged rules as a rules file"},
+	{"status", "", "Redis instances, replica links, local milter processes: up, down (since …), degraded (…)"},
+	{"dkim keygen", "--domain D --selector S [--algorithm rsa|ed25519] [--out FILE|--dir DIR]", "write a DKIM signing key (0600), print its DNS record and signing: entry"},
+}
 
-exit codes: 0 ok, 1 problems or unreachable, 2 usage
-`
+// usage is the text of `geomilter ctl --help`.
+var usage = func() string {
+	var b strings.Builder
+	b.WriteString("usage: geomilter ctl [--config FILE] [--timeout 2s] <command>     geomilter ctl <command> --help: its flags\n\ncommands:\n")
+	for _, c := range commands {
+		fmt.Fprintf(&b, "  %-43s %s\n", strings.TrimSpace(c.name+" "+c.args), c.desc)
+	}
+	b.WriteString("\nflags (before or after the command):\n")
+	fmt.Fprintf(&b, "  %-43s %s\n", "--config FILE", "host config (default "+DefaultConfig+")")
+	fmt.Fprintf(&b, "  %-43s %s\n", "--timeout DURATION", "budget of one Redis call or metrics scrape (default "+DefaultTimeout.String()+")")
+	b.WriteString("\nexit codes: 0 ok, 1 problems or unreachable, 2 usage\n")
+	return b.String()
+}()
+
+// commandHelp is the text of `geomilter ctl NAME --help`: the command's line and
+// each of its flags on one line, from its flag set (so it cannot drift).
+func commandHelp(name string, fs *flag.FlagSet) string {
+	var b strings.Builder
+	for _, c := range commands {
+		if c.name == name {
+			fmt.Fprintf(&b, "usage: geomilter ctl %s\n\n%s\n", strings.TrimSpace(c.name+" "+c.args), c.desc)
+		}
+	}
+	b.WriteString("\nflags:\n")
+	fs.VisitAll(func(f *flag.Flag) {
+		arg, text := flag.UnquoteUsage(f)
+		dash := "--"
+		if len(f.Name) == 1 {
+			dash = "-"
+		}
+		if def := f.DefValue; def != "" && def != "false" && def != "0" {
+			text += " (default " + def + ")"
+		}
+		fmt.Fprintf(&b, "  %-22s %s\n", strings.TrimSpace(dash+f.Name+" "+strings.ToUpper(arg)), text)
+	})
+	return b.String()
+}
+
+// parseFailed answers a flag parse error: --help prints the command's help
+// (exit 0); anything else (the flag package has printed what) points to it.
+func (t *tool) parseFailed(name string, fs *flag.FlagSet, err error) int {
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(t.out, commandHelp(name, fs))
+		return ExitOK
+	}
+	fmt.Fprintf(t.errw, "geomilter ctl %s --help lists its flags\n", name)
+	return ExitUsage
+}
 
 // tool is one invocation's environment.
 type tool struct {
@@ -69,6 +121,11 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	// Global flags stop at the command; the command parses the rest (and
 	// accepts --config and --timeout there too).
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, usage)
+			return ExitOK
+		}
+		fmt.Fprint(stderr, "\n"+usage)
 		return ExitUsage
 	}
 	rest := fs.Args()
@@ -77,7 +134,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return ExitUsage
 	}
 	switch rest[0] {
-	case "help", "-h", "--help":
+	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return ExitOK
 	case "rules":
@@ -86,6 +143,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return ExitUsage
 		}
 		switch rest[1] {
+		case "help", "-h", "-help", "--help":
+			fmt.Fprint(stdout, usage)
+			return ExitOK
 		case "apply":
 			return t.rulesApply(ctx, rest[2:])
 		case "list":
@@ -99,6 +159,16 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return ExitUsage
 	case "status":
 		return t.status(ctx, rest[1:])
+	case "dkim":
+		if len(rest) >= 2 && rest[1] == "keygen" {
+			return t.dkimKeygen(rest[2:])
+		}
+		if len(rest) >= 2 && (rest[1] == "help" || rest[1] == "-h" || rest[1] == "-help" || rest[1] == "--help") {
+			fmt.Fprint(stdout, usage)
+			return ExitOK
+		}
+		fmt.Fprint(stderr, usage)
+		return ExitUsage
 	}
 	fmt.Fprintf(stderr, "geomilter ctl: unknown command %q\n\n%s", rest[0], usage)
 	return ExitUsage
@@ -109,11 +179,12 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func (t *tool) flagSet(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(t.errw)
+	fs.Usage = func() {} // parseFailed answers: help to stdout, errors with a pointer to it
 	if t.cfgPath == "" {
 		t.cfgPath = DefaultConfig
 		t.timeout = DefaultTimeout
 	}
-	fs.StringVar(&t.cfgPath, "config", t.cfgPath, "config file")
+	fs.StringVar(&t.cfgPath, "config", t.cfgPath, "the host config `FILE`")
 	fs.DurationVar(&t.timeout, "timeout", t.timeout, "budget of one Redis call or metrics scrape")
 	return fs
 }

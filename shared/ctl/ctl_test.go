@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -232,7 +233,7 @@ geomilter_spool_sink_pending_records{milter="access",sink="local"} 0
 	cfgA, _, _, replicas := twoSites(t, strings.TrimPrefix(metrics.URL, "http://"))
 	code, out, errs := run("--config", cfgA, "status")
 	for _, want := range []string{"a     primary", "role master", "b     peer-replica", "master_link_status up",
-		"redis", "12", "a:closed b:open", "1234 events, oldest 35s (site 1234)", "circuit breaker of b peer-replica"} {
+		"redis", "12", "a:up b:down", "degraded", "1234 events, oldest 35s (site 1234)", "access: Redis b peer-replica down"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status lacks %q:\n%s\n%s", want, out, errs)
 		}
@@ -244,7 +245,7 @@ geomilter_spool_sink_pending_records{milter="access",sink="local"} 0
 	replicas["a"].Pause()
 	defer replicas["a"].Resume()
 	code, out, _ = run("--config", cfgA, "--timeout", "300ms", "status")
-	if code != ExitProblems || !strings.Contains(out, "b peer-replica") || !strings.Contains(out, "UNREACHABLE") {
+	if code != ExitProblems || !strings.Contains(out, "b peer-replica") || !regexp.MustCompile(`b +peer-replica +\S+ +down `).MatchString(out) {
 		t.Errorf("status with a frozen replica: exit %d\n%s", code, out)
 	}
 }
@@ -262,7 +263,7 @@ func TestStandalone(t *testing.T) {
 		t.Fatalf("standalone list: %d\n%s", code, out)
 	}
 	code, out, _ = run("--config", cfg, "status")
-	if code != ExitProblems || !strings.Contains(out, "standalone mode") || !strings.Contains(out, "1 tenants, 3 rules") || !strings.Contains(out, "DOWN") {
+	if code != ExitProblems || !strings.Contains(out, "standalone mode") || !strings.Contains(out, "1 tenants, 3 rules") || !regexp.MustCompile(`access +\S+ +down `).MatchString(out) {
 		t.Fatalf("standalone status: %d\n%s", code, out)
 	}
 }

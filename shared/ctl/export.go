@@ -19,6 +19,7 @@ func exportYAML(set *rules.Set, header string) ([]byte, error) {
 	}
 	tenants := &yaml.Node{Kind: yaml.SequenceNode, Tag: "!!seq"}
 	rulesSeq := &yaml.Node{Kind: yaml.SequenceNode, Tag: "!!seq"}
+	signing := &yaml.Node{Kind: yaml.SequenceNode, Tag: "!!seq"}
 	for _, d := range docs {
 		var n yaml.Node
 		if err := yaml.Unmarshal(d.Body, &n); err != nil {
@@ -31,6 +32,8 @@ func exportYAML(set *rules.Set, header string) ([]byte, error) {
 		restyle(body)
 		if rules.IsTenantDoc(d.ID) {
 			tenants.Content = append(tenants.Content, body)
+		} else if rules.IsSigningDoc(d.ID) {
+			signing.Content = append(signing.Content, body)
 		} else {
 			rulesSeq.Content = append(rulesSeq.Content, body)
 		}
@@ -45,6 +48,9 @@ func exportYAML(set *rules.Set, header string) ([]byte, error) {
 		{Kind: yaml.ScalarNode, Tag: "!!str", Value: "tenants"}, tenants,
 		{Kind: yaml.ScalarNode, Tag: "!!str", Value: "rules"}, rulesSeq,
 	}}
+	if len(signing.Content) > 0 {
+		root.Content = append(root.Content, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: "signing"}, signing)
+	}
 	var buf bytes.Buffer
 	enc := yaml.NewEncoder(&buf)
 	enc.SetIndent(2)

@@ -27,13 +27,13 @@ type change struct {
 
 func (t *tool) rulesApply(ctx context.Context, args []string) int {
 	fs := t.flagSet("rules apply")
-	file := fs.String("f", "", "rules file to apply (also --file)")
-	fs.StringVar(file, "file", "", "rules file to apply")
+	file := fs.String("f", "", "rules `FILE` to apply (also --file)")
+	fs.StringVar(file, "file", "", "rules `FILE` to apply (also -f)")
 	dry := fs.Bool("dry-run", false, "show the changes, write nothing")
 	prune := fs.Bool("prune", false, "delete rules and tenants that are in force but not in the file")
 	rest, err := parseArgs(fs, args)
 	if err != nil {
-		return ExitUsage
+		return t.parseFailed("rules apply", fs, err)
 	}
 	if *file == "" || len(rest) > 0 {
 		fmt.Fprintln(t.errw, "usage: geomilter ctl rules apply -f FILE [--dry-run] [--prune]")
@@ -200,6 +200,10 @@ type summary struct {
 	Scope   string   `json:"scope"`
 	Action  string   `json:"action"`
 	Domains []string `json:"domains"`
+	// signing entries
+	Selector string `json:"selector"`
+	KeyFile  string `json:"key_file"`
+	Tenant   string `json:"tenant"`
 }
 
 func summarize(id string, doc json.RawMessage) (milter, scope, action string) {
@@ -209,6 +213,14 @@ func summarize(id string, doc json.RawMessage) (milter, scope, action string) {
 	}
 	if rules.IsTenantDoc(id) {
 		return "tenant", "-", strings.Join(s.Domains, ",")
+	}
+	if rules.IsSigningDoc(id) {
+		// The key's path, never the key: documents hold nothing else.
+		scope = "-"
+		if s.Tenant != "" {
+			scope = "tenant:" + s.Tenant
+		}
+		return "signing", scope, "s=" + s.Selector + " " + s.KeyFile
 	}
 	return s.Milter, s.Scope, s.Action
 }
@@ -304,7 +316,7 @@ func (t *tool) viewCommand(ctx context.Context, name, usage string, args []strin
 	fs := t.flagSet(name)
 	rest, err := parseArgs(fs, args)
 	if err != nil {
-		return nil, ExitUsage, false
+		return nil, t.parseFailed(name, fs, err), false
 	}
 	if len(rest) > 0 {
 		fmt.Fprintln(t.errw, "usage: "+usage)
@@ -353,7 +365,7 @@ func (t *tool) rulesDelete(ctx context.Context, args []string) int {
 	dry := fs.Bool("dry-run", false, "show what would be deleted, write nothing")
 	ids, err := parseArgs(fs, args)
 	if err != nil {
-		return ExitUsage
+		return t.parseFailed("rules delete", fs, err)
 	}
 	if len(ids) == 0 {
 		fmt.Fprintln(t.errw, "usage: geomilter ctl rules delete ID... (tenants as tenant:ID)")

@@ -23,7 +23,7 @@ func (t *tool) status(ctx context.Context, args []string) int {
 	fs := t.flagSet("status")
 	rest, err := parseArgs(fs, args)
 	if err != nil {
-		return ExitUsage
+		return t.parseFailed("status", fs, err)
 	}
 	if len(rest) > 0 {
 		fmt.Fprintln(t.errw, "usage: geomilter ctl status")
@@ -79,9 +79,10 @@ func (t *tool) statusRedis(ctx context.Context) []string {
 		health, repl := "up", replicationLine(s)
 		if s.Replication == nil {
 			why := firstLine(strings.TrimPrefix(s.LastError, fmt.Sprintf("%s %s %s: ", s.Site, s.Role, s.Addr)))
-			health, repl = "UNREACHABLE", why
+			health, repl = "down", why
 			problems = append(problems, fmt.Sprintf("%s %s %s unreachable: %s", s.Site, s.Role, s.Addr, why))
 		} else if p := replicationProblem(s); p != "" {
+			health = "degraded"
 			problems = append(problems, p)
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", s.Site, s.Role, s.Addr, health, repl)
@@ -153,7 +154,7 @@ func (t *tool) statusMilters(ctx context.Context) []string {
 	var problems []string
 	fmt.Fprintf(t.out, "\nmilter processes:\n")
 	tw := tabwriter.NewWriter(t.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "  MILTER\tMETRICS\tSTATE\tRULES SOURCE\tAGE\tRULES\tREDIS BREAKERS\tTRAIL BACKLOG")
+	fmt.Fprintln(tw, "  MILTER\tMETRICS\tSTATE\tRULES SOURCE\tAGE\tRULES\tREDIS (AS IT SEES THEM)\tTRAIL BACKLOG")
 	for _, name := range config.MilterNames() {
 		if _, ok := t.cfg.Milter(name); !ok {
 			continue
@@ -165,7 +166,7 @@ func (t *tool) statusMilters(ctx context.Context) []string {
 		}
 		ms, err := t.scrape(ctx, addr)
 		if err != nil {
-			fmt.Fprintf(tw, "  %s\t%s\tDOWN\t\t\t\t\t%s\n", name, addr, firstLine(err.Error()))
+			fmt.Fprintf(tw, "  %s\t%s\tdown\t\t\t\t\t%s\n", name, addr, firstLine(err.Error()))
 			problems = append(problems, fmt.Sprintf("%s: metrics at %s: %s", name, addr, firstLine(err.Error())))
 			continue
 		}
@@ -178,11 +179,15 @@ func (t *tool) statusMilters(ctx context.Context) []string {
 		age, _ := ms.one("geomilter_rules_snapshot_age_seconds")
 		n, _ := ms.one("geomilter_rules_snapshot_rules")
 		backlog := trailBacklog(ms)
-		breakers, open := breakerLine(ms)
-		fmt.Fprintf(tw, "  %s\t%s\tup\t%s\t%s\t%.0f\t%s\t%s\n", name, addr, source,
+		breakers, notUp := breakerLine(ms)
+		word := "up"
+		if len(notUp) > 0 {
+			word = "degraded"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%.0f\t%s\t%s\n", name, addr, word, source,
 			(time.Duration(age * float64(time.Second))).Round(100*time.Millisecond), n, breakers, backlog)
-		for _, o := range open {
-			problems = append(problems, fmt.Sprintf("%s: circuit breaker of %s is not closed", name, o))
+		for _, o := range notUp {
+			problems = append(problems, fmt.Sprintf("%s: Redis %s (decisions come from its rules snapshot and local counts)", name, o))
 		}
 		if source == "empty" {
 			problems = append(problems, fmt.Sprintf("%s: no rules loaded (empty snapshot)", name))
@@ -197,28 +202,31 @@ func (t *tool) statusMilters(ctx context.Context) []string {
 	return problems
 }
 
-// breakerLine shows a milter process's breakers, as "site:state" (each site
-// is one instance: the own primary or the local replica of a peer).
-func breakerLine(ms metricSet) (line string, notClosed []string) {
+// breakerLine shows how a milter process sees each Redis instance, as
+// "site:up", "site:failing" (calls fail but are still tried) or "site:down"
+// (its circuit breaker is open: calls are skipped); each site is one
+// instance: the own primary or the local replica of a peer. notUp words the
+// ones that are not up, for the problems list.
+func breakerLine(ms metricSet) (line string, notUp []string) {
 	var parts []string
 	for _, s := range ms.all("geomilter_redis_breaker_state") {
-		st := "closed"
+		st := "up"
 		switch s.value {
 		case 1:
-			st = "suspect"
+			st = "failing"
+			notUp = append(notUp, s.labels["site"]+" "+s.labels["role"]+" failing (calls fail but are still tried)")
 		case 2:
-			st = "open"
-		}
-		if st != "closed" {
-			notClosed = append(notClosed, s.labels["site"]+" "+s.labels["role"])
+			st = "down"
+			notUp = append(notUp, s.labels["site"]+" "+s.labels["role"]+" down (calls skipped until it answers again)")
 		}
 		parts = append(parts, s.labels["site"]+":"+st)
 	}
 	sort.Strings(parts)
+	sort.Strings(notUp)
 	if len(parts) == 0 {
 		return "-", nil
 	}
-	return strings.Join(parts, " "), notClosed
+	return strings.Join(parts, " "), notUp
 }
 
 func trailBacklog(ms metricSet) string {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,13 +27,41 @@ func NewRegistry() *prometheus.Registry {
 
 // Check is one named health check. It must answer from memory: /healthz is polled
 // by load balancers and must never wait on Redis or a sink.
+//
+// /healthz words each check as an operator reads it: "up", "up (detail)",
+// "degraded (what)" (serving, impaired: still 200), "down (what)" (503).
 type Check struct {
 	Name string
-	// Func returns nil when healthy, or an error saying what is wrong.
-	// Degraded-but-working states are reported by Detail, not as errors.
+	// Func returns nil when healthy, or an error saying what is wrong: the
+	// check is down and /healthz answers 503.
 	Func func() error
-	// Detail optionally adds a status line (e.g. "redis degraded") without failing.
+	// Degraded optionally says what is impaired while the process still
+	// serves mail (e.g. a Redis instance down: decisions come from the
+	// snapshot); "" when nothing is. Never fails /healthz.
+	Degraded func() string
+	// Detail optionally adds an informational line to "up" (e.g. the rules
+	// snapshot's source and age).
 	Detail func() string
+}
+
+// word is the check's state as /healthz shows it, and whether it is down or degraded.
+func (c Check) word() (text string, down, degraded bool) {
+	if c.Func != nil {
+		if err := c.Func(); err != nil {
+			return "down (" + err.Error() + ")", true, false
+		}
+	}
+	if c.Degraded != nil {
+		if d := c.Degraded(); d != "" {
+			return "degraded (" + d + ")", false, true
+		}
+	}
+	if c.Detail != nil {
+		if d := c.Detail(); d != "" {
+			return "up (" + d + ")", false, false
+		}
+	}
+	return "up", false, false
 }
 
 // Server is the HTTP endpoint for /metrics and /healthz.
@@ -72,8 +101,12 @@ func (s *Server) Close() error {
 	return err
 }
 
+// healthReport is the /healthz answer. Status ("ok" or "fail", with 200 or
+// 503) is for machines and keeps its values; State words the whole process
+// for an operator: "up", "degraded (check: what; …)" or "down (check: what; …)".
 type healthReport struct {
 	Status string            `json:"status"`
+	State  string            `json:"state"`
 	Checks map[string]string `json:"checks"`
 }
 
@@ -81,21 +114,25 @@ func healthHandler(checks []Check) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		rep := healthReport{Status: "ok", Checks: make(map[string]string, len(checks))}
 		code := http.StatusOK
+		var downs, degraded []string
 		for _, c := range checks {
-			state := "ok"
-			if c.Func != nil {
-				if err := c.Func(); err != nil {
-					state = "fail: " + err.Error()
-					rep.Status = "fail"
-					code = http.StatusServiceUnavailable
-				}
+			text, down, deg := c.word()
+			rep.Checks[c.Name] = text
+			switch {
+			case down:
+				downs = append(downs, c.Name+": "+strings.TrimSuffix(strings.TrimPrefix(text, "down ("), ")"))
+			case deg:
+				degraded = append(degraded, c.Name+": "+strings.TrimSuffix(strings.TrimPrefix(text, "degraded ("), ")"))
 			}
-			if c.Detail != nil && state == "ok" {
-				if d := c.Detail(); d != "" {
-					state = d
-				}
-			}
-			rep.Checks[c.Name] = state
+		}
+		switch {
+		case len(downs) > 0:
+			rep.Status, rep.State = "fail", "down ("+strings.Join(downs, "; ")+")"
+			code = http.StatusServiceUnavailable
+		case len(degraded) > 0:
+			rep.State = "degraded (" + strings.Join(degraded, "; ") + ")"
+		default:
+			rep.State = "up"
 		}
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(code)

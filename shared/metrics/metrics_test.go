@@ -18,6 +18,8 @@ func TestHealthzAndMetrics(t *testing.T) {
 	reg.MustRegister(c)
 	c.Add(3)
 	var failing atomic.Bool
+	var degraded atomic.Value
+	degraded.Store("")
 	s, err := Listen("127.0.0.1:0", reg, []Check{
 		{Name: "spool", Func: func() error {
 			if failing.Load() {
@@ -25,7 +27,8 @@ func TestHealthzAndMetrics(t *testing.T) {
 			}
 			return nil
 		}},
-		{Name: "redis", Detail: func() string { return "degraded: own primary unreachable" }},
+		{Name: "redis", Degraded: func() string { return degraded.Load().(string) }},
+		{Name: "rules", Detail: func() string { return "redis: 3 rules" }},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -46,17 +49,44 @@ func TestHealthzAndMetrics(t *testing.T) {
 	if code != 200 || !strings.Contains(body, "geomilter_test_things_total 3") {
 		t.Fatalf("metrics: %d %q", code, body)
 	}
-	code, body = get("/healthz")
-	var rep healthReport
-	if err := json.Unmarshal([]byte(body), &rep); err != nil {
-		t.Fatal(err)
+	health := func() (int, healthReport) {
+		t.Helper()
+		code, body := get("/healthz")
+		var rep healthReport
+		if err := json.Unmarshal([]byte(body), &rep); err != nil {
+			t.Fatalf("%v: %s", err, body)
+		}
+		return code, rep
 	}
-	if code != 200 || rep.Status != "ok" || rep.Checks["redis"] != "degraded: own primary unreachable" {
-		t.Fatalf("healthy: %d %+v", code, rep)
+	tests := []struct {
+		name     string
+		failing  bool
+		degraded string
+		code     int
+		status   string
+		state    string
+		checks   map[string]string
+	}{
+		{"up", false, "", 200, "ok", "up",
+			map[string]string{"spool": "up", "redis": "up", "rules": "up (redis: 3 rules)"}},
+		{"degraded", false, "dal peer-replica down (since 35s)", 200, "ok", "degraded (redis: dal peer-replica down (since 35s))",
+			map[string]string{"spool": "up", "redis": "degraded (dal peer-replica down (since 35s))"}},
+		{"down", true, "dal peer-replica down (since 35s)", 503, "fail", "down (spool: spool closed)",
+			map[string]string{"spool": "down (spool closed)", "redis": "degraded (dal peer-replica down (since 35s))"}},
 	}
-	failing.Store(true)
-	code, body = get("/healthz")
-	if code != 503 || !strings.Contains(body, "spool closed") {
-		t.Fatalf("failing: %d %q", code, body)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			failing.Store(tc.failing)
+			degraded.Store(tc.degraded)
+			code, rep := health()
+			if code != tc.code || rep.Status != tc.status || rep.State != tc.state {
+				t.Errorf("got %d %q %q, want %d %q %q", code, rep.Status, rep.State, tc.code, tc.status, tc.state)
+			}
+			for k, v := range tc.checks {
+				if rep.Checks[k] != v {
+					t.Errorf("checks[%s] = %q, want %q", k, rep.Checks[k], v)
+				}
+			}
+		})
 	}
 }

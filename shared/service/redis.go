@@ -140,29 +140,51 @@ func (w *redisWatch) refresh(ctx context.Context) {
 	}
 }
 
-// detail is the /healthz line: each instance's breaker, and the peer
-// replicas whose link is down. Redis trouble is a degraded state (decisions
-// come from the snapshot), never a health failure.
-func (w *redisWatch) detail() string {
+// degraded is the redis check's /healthz text in an operator's words: ""
+// when every instance is up, else what is down or failing, e.g.
+// "dal peer-replica down (since 02:41:07 UTC, 35s)". Redis trouble is a
+// degraded state (decisions come from the snapshot), never a health failure.
+// Breaker states stay in the metrics (geomilter_redis_breaker_state).
+func (w *redisWatch) degraded() string {
 	w.mu.Lock()
 	st := w.last
 	w.mu.Unlock()
-	parts := make([]string, 0, len(st))
+	return degradedText(st, time.Now())
+}
+
+func degradedText(st []state.InstanceStatus, now time.Time) string {
+	var parts []string
 	for _, s := range st {
-		p := fmt.Sprintf("%s %s %s", s.Site, s.Role, s.Breaker)
-		if !s.OpenSince.IsZero() {
-			p += fmt.Sprintf(" since %s", time.Since(s.OpenSince).Round(time.Second))
+		name := s.Site + " " + s.Role
+		switch s.Breaker {
+		case state.BreakerClosed.String():
+		case state.BreakerSuspect.String():
+			parts = append(parts, name+" failing (calls still tried; last error: "+firstLine(s.LastError)+")")
+			continue
+		default: // open: calls are skipped until a probe succeeds
+			p := name + " down"
+			if !s.OpenSince.IsZero() {
+				p += fmt.Sprintf(" (since %s UTC, %s)", s.OpenSince.UTC().Format("15:04:05"), now.Sub(s.OpenSince).Round(time.Second))
+			}
+			parts = append(parts, p)
+			continue
 		}
 		if r := s.Replication; s.Role == state.RolePeerReplica && r != nil && r.MasterLinkStatus != "up" {
-			p += fmt.Sprintf(" (replication link %s", r.MasterLinkStatus)
+			p := name + ": replication link from " + s.Site + "'s primary down"
 			if r.MasterLinkDownSinceSecs >= 0 {
 				p += fmt.Sprintf(" for %ds", r.MasterLinkDownSinceSecs)
 			}
-			p += ": its rules and counts are frozen)"
+			parts = append(parts, p+" (its rules and counts are frozen)")
 		}
-		parts = append(parts, p)
 	}
 	return strings.Join(parts, "; ")
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
 }
 
 func (w *redisWatch) close() {
