@@ -37,6 +37,14 @@ if ls shared/rules/*_test.go >/dev/null 2>&1 && grep -q 'func BenchmarkMatch' sh
 	bench ./shared/rules/ 'Match$|Compile100k' 3s
 fi
 bench ./shared/milterrt/ 'Transaction' 3000x
+# Issue 13: a message spilled to disk, journal-size spool records.
+bench ./shared/message/ 'Message' 5x
+bench ./shared/spool/ 'AppendFromDurable10MB|ReadBody10MB' 10x
+# Issue 14: the resolver's cache, DKIM signing and verification (CPU per
+# signature for rsa-2048 and ed25519), the policy milter per message.
+bench ./shared/resolver/ 'LookupTXT' 2s
+bench ./milters/policy/dkimcheck/ 'Sign|Verify' 2s
+bench ./milters/policy/ 'InboundSigned|OutboundSign' 2s
 
 echo "== dark trail sink vs healthy, over the milter protocol (real processes)" | tee -a "$out/log"
 GEOMILTER_BENCH=1 GEOMILTER_BIN="$PWD/bin/geomilter" go test -count=1 -run TestBenchDarkSinkLatency -v ./integration/ 2>&1 | tee -a "$out/log" | grep -vE '^(=== RUN|--- )'
