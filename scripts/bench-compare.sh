@@ -533,7 +533,7 @@ EOF
 nsrun postfix -c "$PF/etc" check > "$work/log/postfix-check.log" 2>&1 || die "postfix check: $(tail -5 "$work/log/postfix-check.log")"
 # master in the foreground as our child (it makes itself a session leader),
 # its life bounded by -e in case this script is killed.
-start postfix "$(postconf -h daemon_directory)/master" -c "$PF/etc" -e 1800
+start postfix "$(postconf -d -h daemon_directory)/master" -c "$PF/etc" -e 1800
 start smtp-sink smtp-sink -c -u postfix 127.0.0.1:$SINKPORT 256
 sink_count() {
 	local n
@@ -652,7 +652,7 @@ echo
 echo "## bench-compare, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo
 echo "Machine: $(nproc) CPUs ($model), $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo), kernel $(uname -r);"
-echo "Postfix $(postconf -h mail_version), $(opendkim -V 2>&1 | head -1 | sed 's/.*OpenDKIM Filter v/opendkim /'),"\
+echo "Postfix $(postconf -d -h mail_version), $(opendkim -V 2>&1 | head -1 | sed 's/.*OpenDKIM Filter v/opendkim /'),"\
 	"$(opendmarc -V 2>&1 | head -1 | sed 's/.*OpenDMARC Filter v/opendmarc /'), redis $(redis-server --version | sed 's/.* v=\([^ ]*\).*/\1/'),"\
 	"$([ $have_rspamd = 1 ] && rspamd --version | sed 's/.*version /rspamd /' || echo "rspamd: $rspamd_why"), geomilter $("$BIN" version | cut -d' ' -f2)."
 echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine makes figures noisy)${GM_ENV:+; geomilter processes run with $GM_ENV}."
