@@ -100,39 +100,9 @@ func TestCrashKill(t *testing.T) {
 	reported := make([]int, len(rounds)) // highest index reported durable per round
 	for round, mode := range rounds {
 		killAfter := 30 + 40*round // lines read before the kill
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), childEnvDir+"="+dir, childEnvMode+"="+mode, childEnvRound+"="+strconv.Itoa(round))
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		reported[round] = -1
-		sc := bufio.NewScanner(out)
-		lines := 0
-		for sc.Scan() {
-			i, err := strconv.Atoi(sc.Text())
-			if err != nil {
-				t.Fatalf("round %d: child printed %q", round, sc.Text())
-			}
-			reported[round] = i
-			if lines++; lines == killAfter {
-				// Let it run a random little while more so that the
-				// kill lands anywhere in an append.
-				time.Sleep(time.Duration(rand.Intn(3000)) * time.Microsecond)
-				if err := cmd.Process.Kill(); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-		err = cmd.Wait()
-		if lines < killAfter {
-			t.Fatalf("round %d: child exited after %d lines: %v\n%s", round, lines, err, stderr.String())
-		}
+		// A random little while after the last line read, so that the kill
+		// lands anywhere in an append.
+		reported[round] = runAndKill(t, dir, mode, round, killAfter, 3*time.Millisecond)
 
 		s, err := Open(Options{Dir: dir, Sinks: []string{"s"}})
 		if err != nil {
@@ -276,39 +246,9 @@ func TestCrashKillBodies(t *testing.T) {
 	reported := make([]int, len(rounds))
 	for round, mode := range rounds {
 		killAfter := 3 + 2*round
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), childEnvDir+"="+dir, childEnvMode+"="+mode, childEnvRound+"="+strconv.Itoa(round))
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		reported[round] = -1
-		sc := bufio.NewScanner(out)
-		lines := 0
-		for sc.Scan() {
-			i, err := strconv.Atoi(sc.Text())
-			if err != nil {
-				t.Fatalf("round %d: child printed %q", round, sc.Text())
-			}
-			reported[round] = i
-			if lines++; lines == killAfter {
-				// A body of up to 4 MiB takes milliseconds to copy and
-				// fsync: a random delay of up to 30 ms lands anywhere in one.
-				time.Sleep(time.Duration(rand.Intn(30000)) * time.Microsecond)
-				if err := cmd.Process.Kill(); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-		err = cmd.Wait()
-		if lines < killAfter {
-			t.Fatalf("round %d: child exited after %d lines: %v\n%s", round, lines, err, stderr.String())
-		}
+		// A body of up to 4 MiB takes milliseconds to copy and fsync: a
+		// random delay of up to 30 ms lands anywhere in one.
+		reported[round] = runAndKill(t, dir, mode, round, killAfter, 30*time.Millisecond)
 
 		filesAtKill := len(bodyFiles(t, dir))
 		s, err := Open(Options{Dir: dir, Sinks: []string{"s"}})
@@ -365,4 +305,43 @@ func TestCrashKillBodies(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// runAndKill runs the child appender (mode, round) on dir, reads the
+// indexes it reports durable, SIGKILLs it a random moment of up to maxDelay
+// after the killAfter-th, and returns the highest index reported (-1: none).
+func runAndKill(t *testing.T, dir, mode string, round, killAfter int, maxDelay time.Duration) int {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnvDir+"="+dir, childEnvMode+"="+mode, childEnvRound+"="+strconv.Itoa(round))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	reported := -1
+	sc := bufio.NewScanner(out)
+	lines := 0
+	for sc.Scan() {
+		i, err := strconv.Atoi(sc.Text())
+		if err != nil {
+			t.Fatalf("round %d: child printed %q", round, sc.Text())
+		}
+		reported = i
+		if lines++; lines == killAfter {
+			time.Sleep(time.Duration(rand.Int63n(int64(maxDelay))))
+			if err := cmd.Process.Kill(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	err = cmd.Wait()
+	if lines < killAfter {
+		t.Fatalf("round %d: child exited after %d lines: %v\n%s", round, lines, err, stderr.String())
+	}
+	return reported
 }
