@@ -87,6 +87,16 @@
 // after it was written is caught by its CRC-32C as Record.Open's reader
 // reaches the end: Read returns ErrCorrupt instead of io.EOF.
 //
+// # Retention and replay
+//
+// With Options.Retain, segments delivered to every sink (and the body files
+// of their records) are kept until their newest record is Retain old or the
+// retained bytes pass RetainBytes, oldest first; they do not count against
+// MaxBytes. Open scans retained segments for their record times. A
+// ReplayReader reads from the first record appended at or after a given
+// time without a cursor file and pins nothing: records deleted ahead of it
+// make it fail with ErrReplayGone (see retain.go and replay.go).
+//
 // # Sinks
 //
 // A sink named in Options.Sinks that has no cursor file yet starts at the

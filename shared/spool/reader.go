@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math"
 	"os"
 	"sort"
 	"sync"
@@ -27,8 +28,9 @@ type Record struct {
 
 // bodyHandle locates a record's body file.
 type bodyHandle struct {
-	path string
-	ref  bodyRef
+	path   string
+	ref    bodyRef
+	replay bool // read by a replay reader: a missing file was deleted by retention
 }
 
 // InFile reports whether the record's content is in a body file, to be
@@ -49,7 +51,10 @@ func (rec Record) Open() (io.ReadCloser, error) {
 	}
 	f, err := os.Open(rec.body.path)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
+		switch {
+		case errors.Is(err, os.ErrNotExist) && rec.body.replay:
+			err = fmt.Errorf("%w: body file deleted: %v", ErrReplayGone, err)
+		case errors.Is(err, os.ErrNotExist):
 			err = fmt.Errorf("%w: %v", ErrCorrupt, err)
 		}
 		return nil, fmt.Errorf("spool record %d: %w", rec.Seq, err)
@@ -110,10 +115,19 @@ type inflight struct {
 
 // Reader reads one sink's records in Seq order and keeps its cursor. Its
 // methods are safe for concurrent use, though a sink normally has a single
-// drainer goroutine.
+// drainer goroutine. A replay reader (Spool.ReplayReader) reads the same
+// way but has no cursor file: its Commit is in memory only.
 type Reader struct {
 	s    *Spool
-	sink *sinkState // guarded by s.mu
+	sink *sinkState // guarded by s.mu; nil for a replay reader
+	name string     // "sink NAME" or "replay", for errors
+
+	// A replay reader (Spool.ReplayReader) has no cursor file and pins
+	// nothing; it skips records appended before since.
+	replay bool
+	since  int64
+	closed bool          // Close was called (replay readers only)
+	done   chan struct{} // closed by Close; nil for a sink's reader
 
 	mu        sync.Mutex
 	cur       *cursorFile
@@ -161,6 +175,7 @@ func (r *Reader) Next(ctx context.Context, max int) ([]Record, error) {
 		select {
 		case <-wait:
 		case <-tick.C:
+		case <-r.done:
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
@@ -175,9 +190,18 @@ func (r *Reader) read(max int) (out []Record, wait <-chan struct{}, err error) {
 	defer r.mu.Unlock()
 	for len(out) < max {
 		s.mu.Lock()
-		if s.closed {
+		if s.closed || r.closed {
 			s.mu.Unlock()
 			return nil, nil, fmt.Errorf("spool %s: %w", s.opts.Dir, ErrClosed)
+		}
+		if r.replay {
+			if err := r.goneLocked(); err != nil {
+				s.mu.Unlock()
+				if len(out) > 0 {
+					return out, nil, nil // the error comes back on the next call
+				}
+				return nil, nil, err
+			}
 		}
 		wait = s.notify
 		r.jumpSkipped()
@@ -198,6 +222,14 @@ func (r *Reader) read(max int) (out []Record, wait <-chan struct{}, err error) {
 				}
 				return nil, nil, err
 			}
+			if r.replay && rec.Time.UnixNano() < r.since {
+				// Before the replay window: step over it for good.
+				r.off += n
+				r.lastSeq, r.committed = rec.Seq, rec.Seq
+				r.cSeg, r.cOff = r.seg, r.off
+				continue
+			}
+			r.since = math.MinInt64 // from here on every record is in the window
 			out = append(out, rec)
 			r.off += n
 			r.lastSeq = rec.Seq
@@ -229,6 +261,9 @@ func (r *Reader) decode(limit int64) (Record, int64, error) {
 		return Record{}, 0, r.corrupt(fmt.Errorf("Seq %d after %d", h.seq, r.lastSeq))
 	}
 	rec := Record{Seq: h.seq, Time: time.Unix(0, h.ts)}
+	if r.replay && h.ts < r.since {
+		return rec, int64(n), nil // skipped by read: its body is not needed
+	}
 	if !h.body {
 		rec.Data = append([]byte(nil), data...)
 		rec.Size = int64(len(data))
@@ -241,20 +276,22 @@ func (r *Reader) decode(limit int64) (Record, int64, error) {
 	path := bodyPath(r.s.opts.Dir, ref.id)
 	fi, err := os.Stat(path)
 	switch {
+	case errors.Is(err, os.ErrNotExist) && r.replay && r.belowFloor():
+		return Record{}, 0, r.goneErr(fmt.Sprintf("body file of Seq %d deleted", h.seq))
 	case errors.Is(err, os.ErrNotExist):
 		return Record{}, 0, r.corrupt(fmt.Errorf("body file of Seq %d: %v", h.seq, err))
 	case err != nil:
-		return Record{}, 0, fmt.Errorf("spool %s: sink %s: %w", r.s.opts.Dir, r.sink.name, err)
+		return Record{}, 0, fmt.Errorf("spool %s: %s: %w", r.s.opts.Dir, r.name, err)
 	case fi.Size() != ref.size:
 		return Record{}, 0, r.corrupt(fmt.Errorf("body file %s of Seq %d has %d bytes, want %d", path, h.seq, fi.Size(), ref.size))
 	}
 	rec.Size = ref.size
-	rec.body = &bodyHandle{path: path, ref: ref}
+	rec.body = &bodyHandle{path: path, ref: ref, replay: r.replay}
 	return rec, int64(n), nil
 }
 
 func (r *Reader) corrupt(err error) error {
-	return fmt.Errorf("spool %s: sink %s: %s offset %d: %w: %v", r.s.opts.Dir, r.sink.name, r.seg.path, r.off, ErrCorrupt, err)
+	return fmt.Errorf("spool %s: %s: %s offset %d: %w: %v", r.s.opts.Dir, r.name, r.seg.path, r.off, ErrCorrupt, err)
 }
 
 // bytesAt returns n bytes of r.seg at off, reading ahead up to limit.
@@ -268,8 +305,11 @@ func (r *Reader) bytesAt(off, n, limit int64) ([]byte, error) {
 	if r.fileSeg != r.seg {
 		r.closeFile()
 		f, err := os.Open(r.seg.path)
+		if err != nil && r.replay && errors.Is(err, os.ErrNotExist) {
+			return nil, r.goneErr("segment " + r.seg.path + " deleted")
+		}
 		if err != nil {
-			return nil, fmt.Errorf("spool %s: sink %s: %w", r.s.opts.Dir, r.sink.name, err)
+			return nil, fmt.Errorf("spool %s: %s: %w", r.s.opts.Dir, r.name, err)
 		}
 		r.file, r.fileSeg = f, r.seg
 	}
@@ -280,7 +320,7 @@ func (r *Reader) bytesAt(off, n, limit int64) ([]byte, error) {
 	r.buf = r.buf[:want]
 	r.bufSeg = nil
 	if _, err := r.file.ReadAt(r.buf, off); err != nil {
-		return nil, fmt.Errorf("spool %s: sink %s: read %s: %w", r.s.opts.Dir, r.sink.name, r.seg.path, err)
+		return nil, fmt.Errorf("spool %s: %s: read %s: %w", r.s.opts.Dir, r.name, r.seg.path, err)
 	}
 	r.bufSeg, r.bufOff = r.seg, off
 	return r.buf[:n], nil
@@ -297,13 +337,15 @@ func (r *Reader) closeFile() {
 // Commit durably records that the records up to seq are delivered to this
 // sink; they will not be returned again, even after a restart. seq must not
 // be beyond the last record Next returned; committing an older seq is a
-// no-op. Segments delivered to every sink are deleted.
+// no-op. Segments delivered to every sink are deleted (or kept for replay,
+// Options.Retain). On a replay reader Commit only moves its position in
+// memory, so that Rewind goes back there.
 func (r *Reader) Commit(seq uint64) error {
 	s := r.s
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s.mu.Lock()
-	closed := s.closed
+	closed := s.closed || r.closed
 	s.mu.Unlock()
 	if closed {
 		return fmt.Errorf("spool %s: %w", s.opts.Dir, ErrClosed)
@@ -312,15 +354,22 @@ func (r *Reader) Commit(seq uint64) error {
 		return nil
 	}
 	if seq > r.lastSeq {
-		return fmt.Errorf("spool %s: sink %s: commit %d beyond the last record returned (%d)", s.opts.Dir, r.sink.name, seq, r.lastSeq)
+		return fmt.Errorf("spool %s: %s: commit %d beyond the last record returned (%d)", s.opts.Dir, r.name, seq, r.lastSeq)
 	}
 	i := sort.Search(len(r.inflight), func(i int) bool { return r.inflight[i].seq > seq }) - 1
 	if i < 0 {
-		return fmt.Errorf("spool %s: sink %s: commit %d: record not returned by Next", s.opts.Dir, r.sink.name, seq)
+		return fmt.Errorf("spool %s: %s: commit %d: record not returned by Next", s.opts.Dir, r.name, seq)
 	}
 	e := r.inflight[i]
+	if r.replay {
+		// In memory only: a replay reader pins nothing.
+		r.committed = e.seq
+		r.cSeg, r.cOff = e.seg, e.end
+		r.inflight = append(r.inflight[:0], r.inflight[i+1:]...)
+		return nil
+	}
 	if err := r.cur.write(e.seq); err != nil {
-		return fmt.Errorf("spool %s: sink %s: write cursor: %w", s.opts.Dir, r.sink.name, err)
+		return fmt.Errorf("spool %s: %s: write cursor: %w", s.opts.Dir, r.name, err)
 	}
 	r.committed = e.seq
 	r.cSeg, r.cOff = e.seg, e.end

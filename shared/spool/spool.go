@@ -40,6 +40,7 @@ const (
 	DefaultSegmentBytes = 64 << 20
 	DefaultSyncEvery    = 100 * time.Millisecond
 	DefaultMaxBuffered  = 64 << 20
+	DefaultRetainBytes  = 1 << 30
 
 	chunkSize = 64 << 10 // unit of the in-memory append buffer
 
@@ -68,6 +69,17 @@ type Options struct {
 	// Logger, if set, receives errors of the background flusher (which
 	// retries) and of segment deletion; nothing else is logged.
 	Logger *zerolog.Logger
+
+	// Retain keeps records delivered to every sink on disk for replay
+	// (ReplayReader): a segment every sink has committed past is deleted
+	// only once its newest record is Retain old (by Clock), or sooner when
+	// the retained bytes exceed RetainBytes. Retained bytes do not count
+	// against MaxBytes. 0 = delete delivered segments at once.
+	Retain time.Duration
+	// RetainBytes bounds the retained bytes: delivered segments and the
+	// body files of their records; the oldest go first. Used only when
+	// Retain > 0; 0 = 1 GiB.
+	RetainBytes int64
 }
 
 // Errors returned by the spool; match them with errors.Is.
@@ -91,6 +103,9 @@ type segment struct {
 	durable int64  // bytes written and fsynced; readers stop here
 	sealed  bool   // no more appends: a newer segment exists
 	lastSeq uint64 // last Seq appended to it, 0 if none
+	firstTs int64  // append time of its first record, if lastSeq != 0
+	lastTs  int64  // append time of its last record, if lastSeq != 0
+	deleted bool   // removed from Spool.segs (a replay reader may still hold it)
 }
 
 // chunk is a piece of the in-memory append buffer, destined for seg at off.
@@ -109,6 +124,7 @@ type bodyFile struct {
 	path     string
 	end      int64 // logical position just after its record: deleted once every sink is there
 	reserved int64 // AppendFrom's reservation, released when the record is appended
+	ts       int64 // append time of its record
 }
 
 // sinkState is the spool's view of one sink, guarded by Spool.mu.
@@ -152,6 +168,22 @@ type Spool struct {
 	bodyRes    int64       // MaxBytes space reserved by AppendFrom calls under way
 	nextBody   uint64      // id of the next body file
 
+	// Retention (retain.go). kept are the body files of records delivered
+	// to every sink, kept for replay (Retain > 0), in record order.
+	kept      []*bodyFile
+	keptBytes int64
+	// Records before floorPos (logical) lost their body file; replay
+	// readers treat them as gone. gone/goneTs: some record was deleted, and
+	// the newest append time among those deleted.
+	floorPos  int64
+	gone      bool
+	goneTs    int64
+	oldestPos int64 // cache of Oldest: position it was read for (-1: none)
+	oldestTs  int64
+	replays   map[*Reader]struct{} // open replay readers, closed by Close
+	rstop     chan struct{}        // stops retainLoop
+	rdone     chan struct{}
+
 	flushMu sync.Mutex // one flush at a time; the holder owns wfiles
 	wfiles  map[*segment]*os.File
 	wclosed bool
@@ -182,9 +214,14 @@ func Open(opts Options) (*Spool, error) {
 	if opts.Clock == nil {
 		opts.Clock = time.Now
 	}
+	if opts.Retain > 0 && opts.RetainBytes == 0 {
+		opts.RetainBytes = DefaultRetainBytes
+	}
 	switch {
 	case opts.MaxBytes < 0, opts.MaxBuffered < 0, opts.SyncEvery < 0:
 		return nil, fmt.Errorf("spool %s: negative MaxBytes, MaxBuffered or SyncEvery", opts.Dir)
+	case opts.Retain < 0, opts.RetainBytes < 0:
+		return nil, fmt.Errorf("spool %s: negative Retain or RetainBytes", opts.Dir)
 	case opts.SegmentBytes < segHeaderLen+recHeaderLen:
 		return nil, fmt.Errorf("spool %s: SegmentBytes %d too small", opts.Dir, opts.SegmentBytes)
 	case opts.Durability != GroupCommit && opts.Durability != Durable:
@@ -196,6 +233,9 @@ func Open(opts Options) (*Spool, error) {
 		notify: make(chan struct{}),
 		wfiles: make(map[*segment]*os.File),
 		kick:   make(chan struct{}, 1),
+
+		replays:   make(map[*Reader]struct{}),
+		oldestPos: -1,
 	}
 	s.flushed = sync.NewCond(&s.mu)
 	for _, name := range opts.Sinks {
@@ -234,6 +274,11 @@ func Open(opts Options) (*Spool, error) {
 		s.stop = make(chan struct{})
 		s.done = make(chan struct{})
 		go s.flushLoop()
+	}
+	if opts.Retain > 0 {
+		s.rstop = make(chan struct{})
+		s.rdone = make(chan struct{})
+		go s.retainLoop()
 	}
 	return s, nil
 }
@@ -299,7 +344,7 @@ func (s *Spool) recover() error {
 	var known []*scanSink
 	minKnown := uint64(math.MaxUint64)
 	for _, sk := range s.sinks {
-		r := &Reader{s: s, sink: sk}
+		r := &Reader{s: s, sink: sk, name: "sink " + sk.name}
 		sk.reader = r
 		if !haveCursor[sk.name] {
 			continue
@@ -323,21 +368,34 @@ func (s *Spool) recover() error {
 	for i, base := range bases {
 		path := segPath(dir, base)
 		last := i == len(bases)-1
-		if !last && bases[i+1]-1 <= minKnown {
-			// Every record in it is delivered to every sink.
+		if s.opts.Retain == 0 && !last && bases[i+1]-1 <= minKnown {
+			// Every record in it is delivered to every sink. (Kept for
+			// replay, it is scanned for its record times and body files,
+			// and collect decides.)
 			if err := os.Remove(path); err != nil {
 				return err
 			}
 			continue
 		}
 		seg := &segment{base: base, path: path, logStart: logical}
+		first := true
 		visit := func(h recHeader, off int64, data []byte) {
+			if first {
+				seg.firstTs, first = h.ts, false
+			}
+			seg.lastTs = h.ts
 			if h.body {
 				ref, _ := decodeBodyRef(data) // verified by scanSegment
 				maxBody = max(maxBody, ref.id)
-				if h.seq > minKnown { // a sink has yet to read it
-					s.bodies = append(s.bodies, &bodyFile{ref: ref, path: bodyPath(dir, ref.id),
-						end: seg.logStart + off + recHeaderLen + bodyRefLen})
+				b := &bodyFile{ref: ref, path: bodyPath(dir, ref.id),
+					end: seg.logStart + off + recHeaderLen + bodyRefLen, ts: h.ts}
+				switch {
+				case h.seq > minKnown: // a sink has yet to read it
+					s.bodies = append(s.bodies, b)
+				case s.opts.Retain > 0: // delivered, kept for replay
+					s.kept = append(s.kept, b)
+				default: // delivered: recoverBodies deletes it
+					s.goneLocked(b.end, b.ts)
 				}
 			}
 			for _, k := range known {
@@ -428,6 +486,7 @@ func (s *Spool) recover() error {
 		r.lastSeq = sk.cursor
 		r.seg, r.off = r.cSeg, r.cOff
 	}
+	s.initGoneLocked()
 	s.collect()
 	return nil
 }
@@ -439,7 +498,20 @@ func (s *Spool) recover() error {
 // fsynced before its record is written); it is logged, and Reader.Next
 // reports the record as ErrCorrupt.
 func (s *Spool) recoverBodies(onDisk map[uint64]bool, maxBody uint64) error {
-	need := make(map[uint64]bool, len(s.bodies))
+	need := make(map[uint64]bool, len(s.bodies)+len(s.kept))
+	kept := s.kept[:0]
+	for _, b := range s.kept {
+		// Missing: deleted by a run without Retain, or cut by RetainBytes
+		// before a crash. The record is gone for replay.
+		if fi, err := os.Stat(b.path); err != nil || fi.Size() != b.ref.size {
+			s.goneLocked(b.end, b.ts)
+			continue
+		}
+		need[b.ref.id] = true
+		s.keptBytes += b.ref.size
+		kept = append(kept, b)
+	}
+	s.kept = kept
 	for _, b := range s.bodies {
 		need[b.ref.id] = true
 		s.bodyBytes += b.ref.size
@@ -767,11 +839,16 @@ func (s *Spool) appendLocked(rec []byte, flags uint32, body *bodyFile) (uint64, 
 	ts := s.opts.Clock().UnixNano()
 	c.buf = appendRecordFlags(c.buf, seq, ts, flags, rec)
 	seg.size += n
+	if seg.lastSeq == 0 {
+		seg.firstTs = ts
+	}
 	seg.lastSeq = seq
+	seg.lastTs = ts
 	s.headPos += n
 	s.buffered += n
 	if body != nil {
 		body.end = s.headPos
+		body.ts = ts
 		s.bodies = append(s.bodies, body)
 		s.bodyBytes += body.ref.size
 		s.bodyRes -= body.reserved
@@ -1005,7 +1082,8 @@ func (s *Spool) flushLoop() {
 }
 
 // collect deletes sealed segments whose records are delivered to every sink,
-// and the body files of such records.
+// and the body files of such records; with Options.Retain it keeps them
+// as long as retention says (expireLocked).
 func (s *Spool) collect() {
 	s.mu.Lock()
 	minPos := s.minPosLocked()
@@ -1015,20 +1093,34 @@ func (s *Spool) collect() {
 	}
 	var doomedBodies []*bodyFile
 	if k > 0 {
-		doomedBodies = append(doomedBodies, s.bodies[:k]...)
+		delivered := append([]*bodyFile(nil), s.bodies[:k]...)
 		s.bodies = append(s.bodies[:0], s.bodies[k:]...)
-		for _, b := range doomedBodies {
+		for _, b := range delivered {
 			s.bodyBytes -= b.ref.size
+			if s.opts.Retain > 0 {
+				s.kept = append(s.kept, b)
+				s.keptBytes += b.ref.size
+			} else {
+				s.goneLocked(b.end, b.ts)
+			}
+		}
+		if s.opts.Retain == 0 {
+			doomedBodies = delivered
 		}
 	}
 	var doomed []*segment
-	for len(s.segs) > 1 {
+	if s.opts.Retain > 0 {
+		var expired []*bodyFile
+		doomed, expired = s.expireLocked(minPos)
+		doomedBodies = append(doomedBodies, expired...)
+	}
+	for s.opts.Retain == 0 && len(s.segs) > 1 {
 		seg := s.segs[0]
-		if !seg.sealed || seg.durable < seg.size || seg.logStart+seg.size > minPos {
+		if !s.deliveredLocked(seg, minPos) {
 			break
 		}
+		s.dropSegLocked(seg)
 		doomed = append(doomed, seg)
-		s.segs = s.segs[1:]
 	}
 	s.mu.Unlock()
 	for _, b := range doomedBodies {
@@ -1063,10 +1155,23 @@ func (s *Spool) Close() error {
 		return nil
 	}
 	s.closed = true
+	replays := make([]*Reader, 0, len(s.replays))
+	for r := range s.replays {
+		replays = append(replays, r)
+	}
 	s.mu.Unlock()
 	if s.stop != nil {
 		close(s.stop)
 		<-s.done
+	}
+	if s.rstop != nil {
+		close(s.rstop)
+		<-s.rdone
+	}
+	for _, r := range replays {
+		r.mu.Lock()
+		r.closeFile()
+		r.mu.Unlock()
 	}
 	s.flushMu.Lock()
 	err := s.flushLocked()
@@ -1126,6 +1231,13 @@ type Stats struct {
 	BodyFiles      int    // body files of records not yet delivered to every sink
 	BodyBytes      int64  // their bytes (included in Bytes)
 
+	// Retention (Options.Retain): delivered segments still on disk, and
+	// their bytes with those of the kept body files of delivered records
+	// (not included in Bytes; bounded by RetainBytes).
+	RetainedSegments int
+	RetainedBytes    int64
+	Oldest           time.Time // see Spool.Oldest; zero if no record is on disk
+
 	LastSeq      uint64 // last Seq appended
 	DurableSeq   uint64 // last Seq fsynced (visible to readers)
 	Segments     int
@@ -1142,11 +1254,14 @@ type SinkStats struct {
 	CommittedSeq uint64
 }
 
-// Stats returns counters and backlog; it only reads memory.
+// Stats returns counters and backlog; it only reads memory, except that
+// Oldest may read one record header.
 func (s *Spool) Stats() Stats {
+	oldest := s.Oldest()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := Stats{
+		Oldest:       oldest,
 		Bytes:        s.pendingBytesLocked(),
 		PerSink:      make(map[string]SinkStats, len(s.sinks)),
 		Dropped:      s.dropped,
@@ -1160,6 +1275,7 @@ func (s *Spool) Stats() Stats {
 		CorruptBytes: s.corrupt,
 		LastError:    s.lastErr,
 	}
+	st.RetainedSegments, st.RetainedBytes = s.retainedLocked(s.minPosLocked())
 	for _, sk := range s.sinks {
 		var ss SinkStats
 		ss.CommittedSeq = sk.cursor
