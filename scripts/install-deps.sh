@@ -13,7 +13,7 @@
 # Exit status non-zero, with apt's own error text, when anything cannot be installed.
 set -euo pipefail
 pkgs=(redis-server redis-tools postfix swaks libnet-ssleay-perl libio-socket-ssl-perl python3-dkim
-	iproute2 iptables ca-certificates procps curl)
+	openssl gnupg iproute2 iptables ca-certificates procps curl)
 [ "${1:-}" = --bench ] && pkgs+=(opendkim opendkim-tools opendmarc rspamd dnsmasq-base strace)
 missingPkgs() {
 	local p
