@@ -2,7 +2,6 @@ package policy
 
 import (
 	"context"
-	"mime"
 	"net/mail"
 	"net/netip"
 	"strconv"
@@ -17,6 +16,7 @@ import (
 	"github.com/geomilter/geomilter/shared/resolver"
 	"github.com/geomilter/geomilter/shared/rules"
 	"github.com/geomilter/geomilter/shared/trail"
+	"github.com/geomilter/geomilter/shared/verdict"
 )
 
 // Header fields the milter writes.
@@ -295,7 +295,7 @@ func (s *session) verify(st *milterrt.State, mod milterrt.Modifier) milterrt.Dec
 	chosen := s.spfAction
 	var content rules.Facts
 	if s.plan.dmarcRules {
-		content = contentFacts(st)
+		content = verdict.ContentFacts(st)
 	}
 	for _, rcpt := range st.AcceptedRcpts() {
 		o := outcome{check: "dmarc", result: dm.Result}
@@ -429,24 +429,6 @@ func (s *session) noteDNS(st *milterrt.State, dm dmarc.Result) {
 		st.MarkDegraded("dns")
 		s.m.met.degraded.Inc()
 	}
-}
-
-// contentFacts gives the rules the message's header (subject and header
-// conditions of rules on DMARC results).
-func contentFacts(st *milterrt.State) rules.Facts {
-	f := rules.Facts{ContentKnown: true}
-	dec := mime.WordDecoder{}
-	for _, h := range st.Headers {
-		f.Headers = append(f.Headers, rules.Header{Name: h.Name, Value: h.Value})
-		if f.Subject == "" && strings.EqualFold(h.Name, "Subject") {
-			if d, err := dec.DecodeHeader(h.Value); err == nil {
-				f.Subject = d
-			} else {
-				f.Subject = h.Value
-			}
-		}
-	}
-	return f
 }
 
 // sign adds a DKIM signature to an outbound message whose From domain has

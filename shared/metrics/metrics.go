@@ -70,8 +70,16 @@ type Server struct {
 	ln  net.Listener
 }
 
+// Route is an extra endpoint a milter serves beside /metrics and /healthz
+// (the archive milter's /archive/status); Pattern is an http.ServeMux
+// pattern.
+type Route struct {
+	Pattern string
+	Handler http.Handler
+}
+
 // Listen binds addr and starts serving in the background.
-func Listen(addr string, reg *prometheus.Registry, checks []Check) (*Server, error) {
+func Listen(addr string, reg *prometheus.Registry, checks []Check, routes ...Route) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics listen %s: %w", addr, err)
@@ -79,6 +87,9 @@ func Listen(addr string, reg *prometheus.Registry, checks []Check) (*Server, err
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", healthHandler(checks))
+	for _, r := range routes {
+		mux.Handle(r.Pattern, r.Handler)
+	}
 	s := &Server{
 		srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second},
 		ln:  ln,

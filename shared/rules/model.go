@@ -50,6 +50,10 @@ type Rule struct {
 	Priority int   // lower first, within a scope
 	Enabled  bool
 	Comment  string
+	// Targets names the archive targets (milters.archive.journal.targets)
+	// a matching archive rule journals to; empty means every target.
+	// Archive rules with action archive only.
+	Targets []string
 }
 
 // IsRate reports whether r is a rate rule: the caller counts and applies
@@ -483,6 +487,7 @@ func (r *Rule) cloneSlices() {
 		rate := *r.Rate
 		r.Rate = &rate
 	}
+	r.Targets = slices.Clone(r.Targets)
 }
 
 // DocID is the id under which the state layer stores the tenant's document.

@@ -40,6 +40,7 @@ type ruleSpec struct {
 	Priority int       `yaml:"priority" json:"priority,omitempty"`
 	Enabled  *bool     `yaml:"enabled" json:"enabled,omitempty"`
 	Comment  string    `yaml:"comment" json:"comment,omitempty"`
+	Targets  []string  `yaml:"targets" json:"targets,omitempty"`
 }
 
 type matchSpec struct {
@@ -75,6 +76,7 @@ func (s *ruleSpec) toRule() (Rule, problems) {
 		Priority: s.Priority,
 		Enabled:  s.Enabled == nil || *s.Enabled,
 		Comment:  s.Comment,
+		Targets:  s.Targets,
 	}
 	if r.ID == "" {
 		ps.add("id", "required")
@@ -205,6 +207,7 @@ func ruleToSpec(r *Rule) ruleSpec {
 		Reply:    r.Reply.String(),
 		Priority: r.Priority,
 		Comment:  r.Comment,
+		Targets:  r.Targets,
 	}
 	if !r.Enabled {
 		f := false

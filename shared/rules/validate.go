@@ -344,6 +344,32 @@ func (r *Rule) check() problems {
 	}
 	ps = append(ps, r.Match.check(r.Milter)...)
 	ps = append(ps, r.checkResults(actionOK)...)
+	ps = append(ps, r.checkTargets()...)
+	return ps
+}
+
+// checkTargets: targets belong to archive rules that journal. The names
+// are checked against the configured targets by the archive milter (the
+// rules are shared by hosts whose configs may differ).
+func (r *Rule) checkTargets() problems {
+	var ps problems
+	if len(r.Targets) == 0 {
+		return ps
+	}
+	if r.Milter != "archive" || r.Action != ActionArchive {
+		ps.add("targets", "only archive rules with action archive name targets")
+		return ps
+	}
+	seen := map[string]bool{}
+	for i, t := range r.Targets {
+		switch {
+		case checkID(t) != nil:
+			ps.add("targets["+strconv.Itoa(i)+"]", "target name %v", checkID(t))
+		case seen[t]:
+			ps.add("targets["+strconv.Itoa(i)+"]", "target %q listed twice", t)
+		}
+		seen[t] = true
+	}
 	return ps
 }
 

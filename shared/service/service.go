@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -59,6 +60,10 @@ type Env struct {
 	// newResolver builds the process's resolver from the config (set by
 	// Start); nil from NewEnv.
 	newResolver func() (resolver.Resolver, error)
+	// routes and checks are what the milter added with Handle and
+	// AddCheck: served and reported by the process's metrics listener.
+	routes []metrics.Route
+	checks []metrics.Check
 	// Trail is where the process's trail events go; milters normally fill
 	// milterrt.State (Reasons, RuleIDs and their typed Section) and let the
 	// process emit one event per transaction. Nil outside a process (tests).
@@ -91,6 +96,27 @@ func (e *Env) DNS() (resolver.Resolver, error) {
 	e.Resolver = r
 	return r, nil
 }
+
+// Handle adds an endpoint to the process's metrics listener (beside
+// /metrics and /healthz), for a milter's own status and operations (the
+// archive milter's /archive/status). Call it from the milter's constructor.
+func (e *Env) Handle(pattern string, h http.Handler) {
+	e.routes = append(e.routes, metrics.Route{Pattern: pattern, Handler: h})
+}
+
+// Routes serves what the milter added with Handle (tests drive a
+// milter's endpoints through it without a listener).
+func (e *Env) Routes() http.Handler {
+	mux := http.NewServeMux()
+	for _, r := range e.routes {
+		mux.Handle(r.Pattern, r.Handler)
+	}
+	return mux
+}
+
+// AddCheck adds a milter's own health check to /healthz (the archive
+// milter's journal targets). Call it from the milter's constructor.
+func (e *Env) AddCheck(c metrics.Check) { e.checks = append(e.checks, c) }
 
 // RulesView gives the rules snapshot in force.
 type RulesView interface {
@@ -277,7 +303,8 @@ func Start(name, cfgPath string, f Factory, stderr io.Writer) (*Process, error) 
 	if p.redis != nil {
 		checks = append(checks, metrics.Check{Name: "redis", Degraded: p.redis.degraded})
 	}
-	p.metrics, err = metrics.Listen(maddr, reg, checks)
+	checks = append(checks, env.checks...)
+	p.metrics, err = metrics.Listen(maddr, reg, checks, env.routes...)
 	if err != nil {
 		return nil, err
 	}
@@ -380,6 +407,11 @@ func (p *Process) Stop() error {
 
 func (p *Process) closeParts() error {
 	var errs []error
+	// The milter's own parts first (the archive milter's journal and its
+	// drainers): its sessions have ended, its trail events still go out.
+	if c, ok := p.milter.(io.Closer); ok {
+		errs = append(errs, c.Close())
+	}
 	if p.trail != nil {
 		errs = append(errs, p.trail.close(drainFlushTimeout))
 	}

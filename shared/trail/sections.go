@@ -186,12 +186,18 @@ type GreylistResult struct {
 
 // ArchiveSection is the archive milter's part (JSON key "archive").
 type ArchiveSection struct {
-	// RecordID identifies the journal record written for the message.
+	// Journaled says whether a journal record was written; Reason says
+	// why not (a skip rule, no target, too large, journal full, a write
+	// error) when it was not.
+	Journaled bool   `json:"journaled"`
+	Reason    string `json:"reason,omitempty"`
+	// RecordID is the journal id of the record written for the message
+	// (the X-Geomilter-Journal-Id of its journal report).
 	RecordID string `json:"record_id,omitempty"`
 	// Targets are the archive destinations and what became of the record
 	// at each.
 	Targets []ArchiveTarget `json:"targets,omitempty"`
-	// Bytes is the size of the journal record.
+	// Bytes is the size of the message journaled.
 	Bytes int64 `json:"bytes,omitempty"`
 	// Rules are the archive rules that applied (archive, skip).
 	Rules []RuleHit `json:"rules,omitempty"`
@@ -202,8 +208,9 @@ func (s *ArchiveSection) attach(e *Event) { e.Archive = s }
 // ArchiveTarget is one archive destination.
 type ArchiveTarget struct {
 	Name string `json:"name"`
-	// Status is stored (written there), spooled (kept locally for a later
-	// delivery) or failed.
+	// Status is spooled: on this host's disk, on its way to the target.
+	// (Delivery happens later, in the background, and is counted in the
+	// archive metrics and `ctl archive status`.)
 	Status string `json:"status"`
 	Detail string `json:"detail,omitempty"`
 }
