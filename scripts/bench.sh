@@ -47,6 +47,9 @@ bench ./milters/policy/dkimcheck/ 'Sign|Verify' 2s
 bench ./milters/policy/ 'InboundSigned|OutboundSign' 2s
 # Issue 14: every DNS packet dropped, 8 sessions: p99 within the message budget (300 ms) + 50 ms.
 bench ./milters/policy/ 'DarkDNS' 10x
+# Issue 17: content detectors (cards, IBAN, patterns) and the MIME walk, MB/s.
+bench ./milters/encrypt/detect/ 'Scan' 2s
+bench ./shared/mimewalk/ 'Walk$|Bombs' 2s
 
 echo "== dark trail sink vs healthy, over the milter protocol (real processes)" | tee -a "$out/log"
 GEOMILTER_BENCH=1 GEOMILTER_BIN="$PWD/bin/geomilter" go test -count=1 -run TestBenchDarkSinkLatency -v ./integration/ 2>&1 | tee -a "$out/log" | grep -vE '^(=== RUN|--- )'

@@ -2,8 +2,10 @@
 // Drainer with its own spool cursor, so a dark or hung sink only makes its own
 // drainer back off while every other sink keeps receiving. Delivery is
 // at-least-once: a batch is committed only after the sink acknowledged all of
-// it, and a failed batch is sent again in full, so receivers deduplicate by the
-// event id. Nothing here is on the mail path: milters only append to the spool.
+// it, and a failed batch is sent again in full (less the leading records a
+// sink reports delivered with a *PartialError), so receivers deduplicate by
+// the event id. Nothing here is on the mail path: milters only append to the
+// spool.
 package drain
 
 import (
@@ -28,6 +30,22 @@ type Sink interface {
 	Send(ctx context.Context, batch []spool.Record) error
 	Close() error
 }
+
+// PartialError is what a Sink's Send returns when the first Done records of
+// the batch were acknowledged and the rest failed with Err (e.g. a sink that
+// delivers one record per request). The drainer commits the first Done
+// records before it backs off, so they are not sent again; Done <= 0 or
+// Done >= len(batch) is treated as a plain failure of the whole batch.
+type PartialError struct {
+	Done int
+	Err  error
+}
+
+func (e *PartialError) Error() string {
+	return fmt.Sprintf("%d records delivered, then: %v", e.Done, e.Err)
+}
+
+func (e *PartialError) Unwrap() error { return e.Err }
 
 // Source is the part of *spool.Reader a Drainer uses: one sink's cursor.
 type Source interface {
@@ -186,9 +204,15 @@ func (d *Drainer) Run(ctx context.Context) error {
 		}
 
 		if err := d.send(ctx, batch); err != nil {
+			if done := d.commitPartial(err, batch, log); done > 0 {
+				// The sink is working, only the record after them is not
+				// getting through: restart the backoff from its minimum.
+				failures = 0
+			}
 			if ctx.Err() != nil {
-				// Shutting down mid-send: nothing was committed, the batch
-				// is sent again by the next process.
+				// Shutting down mid-send: the rest of the batch (all of it,
+				// unless the sink reported a partial delivery) is sent again
+				// by the next process.
 				d.src.Rewind()
 				return nil
 			}
@@ -226,6 +250,22 @@ func (d *Drainer) Run(ctx context.Context) error {
 		d.lastErr = nil
 		d.mu.Unlock()
 	}
+}
+
+// commitPartial commits the leading records a *PartialError says were
+// acknowledged and returns how many that was (0 if err is not one).
+func (d *Drainer) commitPartial(err error, batch []spool.Record, log zerolog.Logger) int {
+	var pe *PartialError
+	if !errors.As(err, &pe) || pe.Done <= 0 || pe.Done >= len(batch) {
+		return 0
+	}
+	last := batch[pe.Done-1].Seq
+	if cerr := d.src.Commit(last); cerr != nil {
+		// As after a full batch: the sink has them, a resend is harmless.
+		log.Error().Err(cerr).Uint64("seq", last).Msg("drain: commit of a partial batch failed")
+	}
+	d.m.sent.Add(float64(pe.Done))
+	return pe.Done
 }
 
 func (d *Drainer) send(ctx context.Context, batch []spool.Record) error {
