@@ -20,7 +20,7 @@ func TestHelp(t *testing.T) {
 		{[]string{"access", "--help"}, []string{"usage: geomilter access", "--config FILE"}},
 		{[]string{"policy", "--help"}, []string{"usage: geomilter policy", "--config FILE", "DKIM signing", "not built yet"}},
 		{[]string{"archive", "--help"}, []string{"usage: geomilter archive", "--config FILE", "not built yet"}},
-		{[]string{"encrypt", "--help"}, []string{"usage: geomilter encrypt", "--config FILE", "not built yet"}},
+		{[]string{"encrypt", "--help"}, []string{"usage: geomilter encrypt", "--config FILE", "encryption gateway", "inline S/MIME"}},
 		{[]string{"check-config", "--help"}, []string{"usage: geomilter check-config", "--config FILE"}},
 		{[]string{"bench", "milter", "--help"}, []string{"usage: geomilter bench milter", "--socket", "--json"}},
 		{[]string{"version", "--help"}, []string{"usage: geomilter version"}},

@@ -53,7 +53,7 @@ var subHelp = map[string]string{
 	"access":       milterHelp("access", "who may send and relay, rate limits across sites"),
 	"policy":       milterHelp("policy", "SPF, DKIM verification, DMARC with one Authentication-Results header, DKIM signing of outbound mail; DNSBL, greylisting, content rules and scoring are not built yet"),
 	"archive":      milterHelp("archive", "journal every message with its envelope; not built yet: it lets every message through and records its trail event"),
-	"encrypt":      milterHelp("encrypt", "route messages to the encryption path; not built yet: it lets every message through and records its trail event"),
+	"encrypt":      milterHelp("encrypt", "encryption triggers (subject tags, rules, card/IBAN/pattern detectors): route to the encryption gateway, TLS-only transport, inline S/MIME or PGP/MIME, or reject"),
 	"check-config": "usage: geomilter check-config [--config FILE]\n\nvalidates a host config the way a milter's start-up does and prints every problem\nwith file:line: key; exit 0 ok, 1 problems, 2 bad command line.\n\nflags:\n  --config FILE   the host config (default /etc/geomilter/geomilter.yaml)\n",
 	"bench": `usage: geomilter bench milter --socket unix:/path|inet:host:port [flags]
 

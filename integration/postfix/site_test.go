@@ -469,7 +469,12 @@ func (s *site) writePostfixConfig(o siteOpts) {
 	if err := os.WriteFile(filepath.Join(s.pfEtc, "main.cf"), []byte(mainCf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	master := masterCf + "\n# --- postfix/master.cf.snippet ---\n" + repoFile(t, "postfix/master.cf.snippet")
+	strip := filepath.Join(s.pfEtc, "strip_markers")
+	if err := os.WriteFile(strip, []byte(repoFile(t, "postfix/strip_markers")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	master := masterCf + "\n# --- postfix/master.cf.snippet ---\n" +
+		strings.ReplaceAll(repoFile(t, "postfix/master.cf.snippet"), "/etc/postfix/geomilter/strip_markers", strip)
 	if err := os.WriteFile(filepath.Join(s.pfEtc, "master.cf"), []byte(master), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -47,3 +47,40 @@ func TestSettings(t *testing.T) {
 		t.Error("a config's settings share the package defaults")
 	}
 }
+
+func TestSettingsDefaultsAndValues(t *testing.T) {
+	cfg, err := config.Parse("e.yaml", []byte(base+"milters: {encrypt: {listen: \"unix:/run/e.sock\"}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := encrypt.ConfigFrom(cfg)
+	if !s.Route || s.RejectText != encrypt.DefaultRejectText || s.Inline.Method != "" || s.Inline.KeysDir != "/etc/geomilter/keys" ||
+		s.Inline.Cipher != "aes256-cbc" || s.Inline.MaxSize != 25<<20 || !s.Detect.Cards || !s.Detect.IBAN || s.Detect.MinConfidence != "low" {
+		t.Errorf("defaults %+v", s)
+	}
+	if got := s.Detect.Names(); !slices.Equal(got, []string{"card", "iban"}) {
+		t.Errorf("names %q", got)
+	}
+	cfg, err = config.Parse("e.yaml", []byte(base+`milters:
+  encrypt:
+    listen: "unix:/run/e.sock"
+    route: false
+    reject_text: "Use the portal"
+    detect: {cards: false, min_confidence: high, patterns: [{name: falcon, regexp: "(?i)project falcon", min_count: 2}]}
+    inline: {method: pgp, keys_dir: /k, max_size: 1MiB}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s = encrypt.ConfigFrom(cfg)
+	if s.Route || s.RejectText != "Use the portal" || s.Inline.Method != "pgp" || s.Inline.KeysDir != "/k" || s.Inline.Cipher != "aes256-cbc" || s.Inline.MaxSize != 1<<20 {
+		t.Errorf("values %+v", s)
+	}
+	if got := s.Detect.Names(); !slices.Equal(got, []string{"iban", "falcon"}) {
+		t.Errorf("names %q", got)
+	}
+	dc := s.Detect.DetectConfig()
+	if dc.Cards || !dc.IBAN || dc.MinConfidence.String() != "high" || len(dc.Patterns) != 1 || dc.Patterns[0].MinCount != 2 {
+		t.Errorf("detect config %+v", dc)
+	}
+}

@@ -455,7 +455,7 @@ const (
 // instructions is what a lookup costs.
 type crule struct {
 	has         uint8 // condition bits
-	res         uint8 // result condition bits (rSPF, rDMARC)
+	res         uint8 // result condition bits (rSPF, rDMARC, rDetect)
 	dir         Direction
 	scopeKind   ScopeKind
 	scopeDomain string
@@ -484,6 +484,9 @@ func compileRule(r *Rule, tenants map[string]*Tenant, slab *[]conds) crule {
 	}
 	if len(m.DMARC) > 0 {
 		c.res |= rDMARC
+	}
+	if len(m.Detect) > 0 {
+		c.res |= rDetect
 	}
 	switch r.Scope.Kind {
 	case ScopeDomain:

@@ -37,12 +37,19 @@ type Facts struct {
 	// keywords, lower case); "" (not checked yet) satisfies no spf or
 	// dmarc condition.
 	SPF, DMARC string
+
+	// Detected names the encrypt milter's detectors that fired on the
+	// message ("card", "iban", pattern names); a detect condition holds
+	// when one of its values is here. Nil (detectors not run) satisfies
+	// no detect condition.
+	Detected []string
 }
 
 // Result condition bits of a compiled rule (crule.res).
 const (
 	rSPF uint8 = 1 << iota
 	rDMARC
+	rDetect
 )
 
 // query is Facts normalized once per lookup.
@@ -60,6 +67,7 @@ type query struct {
 	tenant     *Tenant
 	content    contentFacts
 	spf, dmarc string
+	detected   []string
 }
 
 func (s *Snapshot) prepare(f *Facts) query {
@@ -71,6 +79,8 @@ func (s *Snapshot) prepare(f *Facts) query {
 		dir:   f.Direction,
 		spf:   f.SPF,
 		dmarc: f.DMARC,
+		// detected is used as given: the caller's slice is only read.
+		detected: f.Detected,
 	}
 	if f.ContentKnown {
 		q.content = contentFacts{known: true, subject: f.Subject, headers: f.Headers}
@@ -220,7 +230,8 @@ func (c *crule) matches(q *query) bool {
 	if c.res != 0 {
 		m := &c.rule.Match
 		if c.res&rSPF != 0 && (q.spf == "" || !slices.Contains(m.SPF, q.spf)) ||
-			c.res&rDMARC != 0 && (q.dmarc == "" || !slices.Contains(m.DMARC, q.dmarc)) {
+			c.res&rDMARC != 0 && (q.dmarc == "" || !slices.Contains(m.DMARC, q.dmarc)) ||
+			c.res&rDetect != 0 && !slices.ContainsFunc(m.Detect, func(d string) bool { return slices.Contains(q.detected, d) }) {
 			return false
 		}
 	}

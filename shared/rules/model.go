@@ -106,6 +106,12 @@ type Match struct {
 	// (docs/policy.md); Facts without a result never satisfy them.
 	SPF   []string
 	DMARC []string
+	// Detect is a condition on the encrypt milter's content detectors
+	// (encrypt rules only): "card", "iban" or the name of a pattern in
+	// milters.encrypt.detect.patterns. It holds when any of the named
+	// detectors fired on the message (Facts.Detected); the milter runs its
+	// detectors only when an enabled rule has this key.
+	Detect []string
 }
 
 // IsEmpty reports whether m has no condition at all.
@@ -113,7 +119,7 @@ func (m *Match) IsEmpty() bool {
 	return len(m.ClientIP) == 0 && len(m.ClientName) == 0 && len(m.Helo) == 0 &&
 		len(m.Sender) == 0 && len(m.Rcpt) == 0 && len(m.SenderDomain) == 0 &&
 		len(m.RcptDomain) == 0 && len(m.SASLUser) == 0 && m.Direction == DirectionUnknown &&
-		len(m.Subject) == 0 && len(m.Header) == 0 && !m.HasResults()
+		len(m.Subject) == 0 && len(m.Header) == 0 && !m.HasResults() && len(m.Detect) == 0
 }
 
 // HasResults reports whether m has conditions on check results (spf,
@@ -225,6 +231,9 @@ const (
 	// ActionTag marks the message with a header and lets it through (policy
 	// rules on check results; docs/policy.md).
 	ActionTag Action = "tag"
+	// ActionRequireTLS sends the message through a transport that
+	// delivers only over TLS (encrypt rules; docs/encrypt.md).
+	ActionRequireTLS Action = "require_tls"
 )
 
 type actionInfo struct {
@@ -267,8 +276,11 @@ var actionTable = []struct {
 		{ActionArchive, true, 0},
 		{ActionSkip, false, 0},
 	}},
+	// An encrypt rule's reply is what the client sees when the message
+	// must be encrypted and this host can neither route nor encrypt it.
 	{"encrypt", []actionInfo{
-		{ActionEncrypt, true, 0},
+		{ActionEncrypt, true, 5},
+		{ActionRequireTLS, true, 0},
 		{ActionSkip, false, 0},
 	}},
 }
@@ -483,6 +495,7 @@ func (r *Rule) cloneSlices() {
 	m.Header = slices.Clone(m.Header)
 	m.SPF = slices.Clone(m.SPF)
 	m.DMARC = slices.Clone(m.DMARC)
+	m.Detect = slices.Clone(m.Detect)
 	if r.Rate != nil {
 		rate := *r.Rate
 		r.Rate = &rate

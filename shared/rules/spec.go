@@ -57,6 +57,7 @@ type matchSpec struct {
 	Header       []string `yaml:"header" json:"header,omitempty"`
 	SPF          []string `yaml:"spf" json:"spf,omitempty"`
 	DMARC        []string `yaml:"dmarc" json:"dmarc,omitempty"`
+	Detect       []string `yaml:"detect" json:"detect,omitempty"`
 }
 
 type rateSpec struct {
@@ -142,6 +143,7 @@ func (s *ruleSpec) toRule() (Rule, problems) {
 	r.Match.Header = m.Header
 	r.Match.SPF = m.SPF
 	r.Match.DMARC = m.DMARC
+	r.Match.Detect = m.Detect
 	if strings.TrimSpace(m.Direction) != "" {
 		d, err := ParseDirection(m.Direction)
 		if err != nil {
@@ -232,6 +234,7 @@ func ruleToSpec(r *Rule) ruleSpec {
 	s.Match.Header = m.Header
 	s.Match.SPF = m.SPF
 	s.Match.DMARC = m.DMARC
+	s.Match.Detect = m.Detect
 	return s
 }
 

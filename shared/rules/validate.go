@@ -229,11 +229,14 @@ func normDomains(vs []string) {
 // dots, unmapped prefixes) so matching is a plain comparison.
 func (r *Rule) normalize() {
 	m := &r.Match
-	for _, vs := range []*[]string{&m.ClientName, &m.Helo, &m.Sender, &m.Rcpt, &m.SenderDomain, &m.RcptDomain, &m.SASLUser, &m.Subject, &m.Header, &m.SPF, &m.DMARC} {
+	for _, vs := range []*[]string{&m.ClientName, &m.Helo, &m.Sender, &m.Rcpt, &m.SenderDomain, &m.RcptDomain, &m.SASLUser, &m.Subject, &m.Header, &m.SPF, &m.DMARC, &m.Detect} {
 		nilIfEmpty(vs)
 	}
 	lowerAll(m.SPF)
 	lowerAll(m.DMARC)
+	for i, v := range m.Detect {
+		m.Detect[i] = strings.TrimSpace(v)
+	}
 	if len(m.ClientIP) == 0 {
 		m.ClientIP = nil
 	}
@@ -345,6 +348,33 @@ func (r *Rule) check() problems {
 	ps = append(ps, r.Match.check(r.Milter)...)
 	ps = append(ps, r.checkResults(actionOK)...)
 	ps = append(ps, r.checkTargets()...)
+	ps = append(ps, r.checkDetect()...)
+	return ps
+}
+
+// checkDetect: detect names the encrypt milter's detectors. Pattern names
+// are checked against milters.encrypt.detect.patterns by the milter (the
+// rules are shared by hosts whose configs may differ).
+func (r *Rule) checkDetect() problems {
+	var ps problems
+	if len(r.Match.Detect) == 0 {
+		return ps
+	}
+	if r.Milter != "encrypt" {
+		ps.add("match.detect", "detect names the encrypt milter's content detectors; use it in encrypt rules only")
+		return ps
+	}
+	seen := map[string]bool{}
+	for i, d := range r.Match.Detect {
+		p := "match.detect[" + strconv.Itoa(i) + "]"
+		switch {
+		case checkID(d) != nil:
+			ps.add(p, "detector name %v (card, iban or a pattern name of milters.encrypt.detect.patterns)", checkID(d))
+		case seen[d]:
+			ps.add(p, "detector %q listed twice", d)
+		}
+		seen[d] = true
+	}
 	return ps
 }
 

@@ -217,17 +217,43 @@ type ArchiveTarget struct {
 
 // EncryptSection is the encrypt milter's part (JSON key "encrypt").
 type EncryptSection struct {
-	// Trigger is what asked for encryption: rule (an encrypt rule matched),
-	// header (the sender's marking header), or none (the message went as
-	// it came).
+	// Trigger is the kind of the first trigger that fired: subject_tag (a
+	// tag in the subject), rule (an encrypt rule on addresses, subject or
+	// headers), detector (an encrypt rule on a content detector), or none
+	// (the message went as it came).
 	Trigger string `json:"trigger"`
-	// Route is how the message leaves: the configured route's name, ""
-	// when not encrypted.
+	// Triggers are every trigger that fired, in order.
+	Triggers []EncryptTrigger `json:"triggers,omitempty"`
+	// Action is what the milter did: none, route (marked for the
+	// encryption gateway), require_tls (marked for the TLS-only
+	// transport), inline (encrypted by the milter) or reject.
+	Action string `json:"action"`
+	// Route is the Postfix transport the marker sends the message to
+	// (encrypt, smtp-tls), or the inline method (smime, pgp); "" when the
+	// message leaves as it came or was rejected.
 	Route string `json:"route,omitempty"`
-	// Rcpts are the recipients it was encrypted for, when not all.
+	// Direction is inbound or outbound; Tenant the tenant whose keys and
+	// rules applied.
+	Direction string `json:"direction,omitempty"`
+	Tenant    string `json:"tenant,omitempty"`
+	// Rcpts are the recipients that required encryption (or TLS).
 	Rcpts []string `json:"rcpts,omitempty"`
-	// Rules are the encrypt rules that applied (encrypt, skip).
+	// TagsRemoved counts the subject tags removed from the Subject.
+	TagsRemoved int `json:"tags_removed,omitempty"`
+	// Fallback says why inline encryption, when configured, was not used
+	// (no_key, too_large, error: …) and the message was routed or rejected.
+	Fallback string `json:"fallback,omitempty"`
+	// Rules are the encrypt rules that applied (encrypt, require_tls, skip).
 	Rules []RuleHit `json:"rules,omitempty"`
+}
+
+// EncryptTrigger is one thing that asked for encryption. It never holds
+// matched content: a detector gives its name and how many it found.
+type EncryptTrigger struct {
+	Kind     string `json:"kind"` // subject_tag, rule, detector
+	RuleID   string `json:"rule_id,omitempty"`
+	Detector string `json:"detector,omitempty"` // card, iban or a pattern name
+	Count    int    `json:"count,omitempty"`    // tags or detector matches
 }
 
 func (s *EncryptSection) attach(e *Event) { e.Encrypt = s }
