@@ -199,6 +199,9 @@ redis_ping() { nsrun redis-cli -p 6379 ping > /dev/null 2>&1; }
 start redis redis-server --bind 127.0.0.1 --port 6379 --dir "$work/gm/redis" --save "" --appendonly no
 wait_for "redis" 10 redis_ping
 
+# The archive milter's journal mailbox: an smtp-sink of its own.
+JOURNALPORT=2527
+start journal-sink smtp-sink -c -u postfix 127.0.0.1:$JOURNALPORT 256
 cat > "$work/gm/geomilter.yaml" <<EOF
 site: bench
 host: bench1
@@ -214,7 +217,14 @@ metrics: {listen: "127.0.0.1:9464"}
 milters:
   access:  {listen: "unix:$SOCK/access.sock"}
   policy:  {listen: "unix:$SOCK/policy.sock"}
-  archive: {listen: "unix:$SOCK/archive.sock"}
+  archive:
+    listen: "unix:$SOCK/archive.sock"
+    # The journal goes to a journal mailbox (an smtp-sink) as envelope
+    # journal reports, as in production; retain 0 so the measured rounds
+    # do not fill the disk.
+    journal:
+      retain: 0s
+      targets: [{name: vault, type: smtp, hosts: ["127.0.0.1:$JOURNALPORT"], to: journal@archive.example}]
   encrypt: {listen: "unix:$SOCK/encrypt.sock"}
 EOF
 # A small realistic rule set: the mail is inbound for a tenant's domain, a
@@ -717,11 +727,26 @@ done
 verdict "Postfix + policy alone / Postfix + opendkim + opendmarc" "$(ratio_med "$PF_TSV" policy-alone c-peers 3)" ">=" 1.15
 verdict "protocol: policy (SPF + DKIM + DMARC) / opendkim (verify)" "$(ratio_med "$PROTO_TSV" policy opendkim 3)" ">=" 1.5
 verdict "protocol: access / no-op floor (go-milter)" "$(floor_ratio access)" ">=" 1
-for m in archive encrypt; do
-	verdict "protocol: $m / no-op floor (go-milter)" "$(floor_ratio "$m")" ">=" 0.85
-done
+# Issue 6 held the stubs to the floor; archive now journals every message
+# durably (an fsync per message, shared by concurrent sessions), so it is
+# held to the Postfix targets above, and encrypt until issue 17 lands.
+verdict "protocol: encrypt / no-op floor (go-milter)" "$(floor_ratio encrypt)" ">=" 0.85
 [ -z "$proto_fail$pf_fail" ] || { echo "FAILED runs:$proto_fail$pf_fail"; miss=1; }
 echo '```'
+
+# Issue 16: how many fsyncs the journal costs per message under this load
+# (group commit shares them between concurrent sessions), and that the
+# journal mailbox got the reports.
+echo
+echo "### Archive journal"
+echo
+am=$(nsrun curl -s --max-time 5 http://127.0.0.1:9466/metrics 2>/dev/null)
+jn=$(echo "$am" | awk '/^geomilter_archive_messages_total\{result="journaled"\}/ {print $2}')
+jf=$(echo "$am" | awk '/^geomilter_archive_journal_fsyncs_total / {print $2}')
+jd=$(echo "$am" | awk '/^geomilter_archive_journal_drain_sent_total/ {s += $2} END {print s+0}')
+jb=$(echo "$am" | awk '/^geomilter_archive_target_backlog_records/ {s += $2} END {print s+0}')
+echo "messages journaled $(fmt "$jn"), journal fsyncs $(fmt "$jf"): $(fmt "$(awk -v a="$jf" -v b="$jn" 'BEGIN {if (b > 0) print a / b}')" %.2f) fsyncs per message" \
+	"(over every round: protocol and Postfix, 8 to 32 concurrent sessions); reports delivered to the journal mailbox $(fmt "$jd"), backlog $(fmt "$jb")"
 
 # --- where the time goes: system calls per message ------------------------------------
 # strace_row LABEL "NAMES" N CMD...: counts the system calls of the named

@@ -116,7 +116,9 @@ func (p *pipeline) drainOptions(pending func() int64) drain.Options {
 // (connect_timeout per host, timeout per command or request) cut a dark or
 // hung archive much sooner, and what a cut batch delivered stays delivered
 // (drain.PartialError).
-func sendTimeout(batch int) time.Duration { return max(5*time.Minute, time.Duration(batch)*2*time.Minute) }
+func sendTimeout(batch int) time.Duration {
+	return max(5*time.Minute, time.Duration(batch)*2*time.Minute)
+}
 
 func (p *pipeline) hasTarget(name string) bool {
 	for _, t := range p.targets {
