@@ -15,7 +15,6 @@ package archive
 
 import (
 	"errors"
-	"net/netip"
 	"strings"
 	"time"
 
@@ -213,8 +212,7 @@ type plan struct {
 func (m *Milter) plan(st *milterrt.State, sec *trail.ArchiveSection) plan {
 	snap := m.rules.Current()
 	pl := plan{}
-	ip, _ := netip.AddrFromSlice(st.ClientAddr)
-	if t := snap.TenantForRelay(ip.Unmap(), st.Macro("auth_authen")); t != nil {
+	if t := verdict.RelayTenant(snap, st); t != nil {
 		pl.direction, pl.tenant = rules.Outbound.String(), t.ID
 	} else {
 		pl.direction = rules.Inbound.String()

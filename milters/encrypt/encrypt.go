@@ -23,7 +23,6 @@ package encrypt
 
 import (
 	"fmt"
-	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -255,8 +254,7 @@ func (s *session) EndOfMessage(st *milterrt.State, mod milterrt.Modifier) milter
 func (m *Milter) plan(st *milterrt.State) plan {
 	snap := m.rules.Current()
 	pl := plan{}
-	ip, _ := netip.AddrFromSlice(st.ClientAddr)
-	if t := snap.TenantForRelay(ip.Unmap(), st.Macro("auth_authen")); t != nil {
+	if t := verdict.RelayTenant(snap, st); t != nil {
 		pl.outbound, pl.tenant = true, t.ID
 	}
 	if pl.outbound {

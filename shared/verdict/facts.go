@@ -49,3 +49,14 @@ func ContentFacts(st *milterrt.State) rules.Facts {
 	}
 	return f
 }
+
+// RelayTenant returns the tenant whose relay the transaction's client is
+// (one of its relay networks, or its SASL login): the message is then
+// outbound, as the rules take it (docs/rules.md); nil means inbound.
+func RelayTenant(snap *rules.Snapshot, st *milterrt.State) *rules.Tenant {
+	var ip netip.Addr
+	if a, ok := netip.AddrFromSlice(st.ClientAddr); ok {
+		ip = a.Unmap()
+	}
+	return snap.TenantForRelay(ip, st.Macro("auth_authen"))
+}
