@@ -19,18 +19,8 @@ func TestJournal50MB(t *testing.T) {
 		t.Skip("50 MB message")
 	}
 	const size = 50 << 20
-	line := []byte("0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789\r\n")
-	body := func() io.Reader {
-		pr, pw := io.Pipe()
-		go func() {
-			var err error
-			for n := 0; n < size && err == nil; n += len(line) {
-				_, err = pw.Write(line)
-			}
-			pw.CloseWithError(err)
-		}()
-		return pr
-	}
+	const line = "0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789\r\n"
+	body := func() io.Reader { return miltertest.RepeatedLines(line, size) }
 	h := newHarness(t, "rules: []\n", "")
 	c := h.srv.DialOffer(t, miltertest.PostfixActions, miltertest.PostfixProtocol)
 	defer c.Close()

@@ -19,18 +19,8 @@ func TestMessage50MB(t *testing.T) {
 		t.Skip("50 MB message")
 	}
 	const size = 50 << 20
-	line := []byte("Order 12345678 shipped, tracking 1Z999AA10123456784, total 1234.56 EUR\r\n")
-	body := func() io.Reader {
-		pr, pw := io.Pipe()
-		go func() {
-			var err error
-			for n := 0; n < size && err == nil; n += len(line) {
-				_, err = pw.Write(line)
-			}
-			pw.CloseWithError(err)
-		}()
-		return pr
-	}
+	const line = "Order 12345678 shipped, tracking 1Z999AA10123456784, total 1234.56 EUR\r\n"
+	body := func() io.Reader { return miltertest.RepeatedLines(line, size) }
 	h := newHarness(t, `
 rules:
   - {id: cards, milter: encrypt, scope: global, match: {detect: [card, iban]}, action: encrypt}

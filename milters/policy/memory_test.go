@@ -20,18 +20,8 @@ func TestVerify50MB(t *testing.T) {
 		t.Skip("50 MB message")
 	}
 	const size = 50 << 20
-	line := []byte("0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789\r\n")
-	body := func() io.Reader {
-		pr, pw := io.Pipe()
-		go func() {
-			var err error
-			for n := 0; n < size && err == nil; n += len(line) {
-				_, err = pw.Write(line)
-			}
-			pw.CloseWithError(err)
-		}()
-		return pr
-	}
+	const line = "0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789\r\n"
+	body := func() io.Reader { return miltertest.RepeatedLines(line, size) }
 	head := "From: <a@example.org>\r\nTo: <b@acme.example>\r\nSubject: big\r\nMessage-ID: <big@x>\r\n\r\n"
 	f := newFixture(t)
 	sig, err := dkimcheck.Sign(io.MultiReader(strings.NewReader(head), body()), dkimcheck.SignOptions{Domain: "example.org", Selector: "sel", Key: f.key})

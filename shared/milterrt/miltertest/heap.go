@@ -1,6 +1,7 @@
 package miltertest
 
 import (
+	"io"
 	"runtime"
 	"sync/atomic"
 	"time"
@@ -50,4 +51,20 @@ func (w *HeapWatch) Stop() int64 {
 	close(w.stop)
 	<-w.sampled
 	return int64(w.peak.Load()) - int64(w.base)
+}
+
+// RepeatedLines returns a body of line repeated until at least size bytes,
+// produced as it is read (a 50 MB body costs no memory in the test itself),
+// for the memory tests of the content milters.
+func RepeatedLines(line string, size int) io.Reader {
+	pr, pw := io.Pipe()
+	go func() {
+		b := []byte(line)
+		var err error
+		for n := 0; n < size && err == nil; n += len(b) {
+			_, err = pw.Write(b)
+		}
+		pw.CloseWithError(err)
+	}()
+	return pr
 }
