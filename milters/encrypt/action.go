@@ -98,6 +98,20 @@ func (m *Milter) encryptInline(st *milterrt.State, pl *plan) (res *inlineResult,
 	if len(keys) == 0 {
 		return nil, "no_key", errors.New("no recipient")
 	}
+	// Escrow keys: the journal keeps the message as delivered, so an
+	// inline-encrypted message without them could not be read from the
+	// archive. Without every one, route instead.
+	var escrow []inline.Key
+	for _, a := range in.Escrow {
+		k, ok := m.keys.Lookup(pl.tenant, a)
+		if !ok && pl.tenant != "" {
+			k, ok = m.keys.Lookup("", a)
+		}
+		if !ok || !k.Has(method) {
+			return nil, "no_escrow_key", fmt.Errorf("no %s key for escrow address %s", method, a)
+		}
+		escrow = append(escrow, k)
+	}
 	msg := st.Message
 	if msg == nil {
 		return nil, "error", errors.New("no message in this transaction")
@@ -114,7 +128,7 @@ func (m *Milter) encryptInline(st *milterrt.State, pl *plan) (res *inlineResult,
 	}
 	os.Remove(f.Name())
 	hs, err := inline.Encrypt(f, st.Headers, msg.BodyReader(), method, keys, inline.Options{
-		Cipher: inline.Cipher(in.Cipher), OAEP: in.OAEP, MaxSize: int64(in.MaxSize), Now: m.clock,
+		Cipher: inline.Cipher(in.Cipher), OAEP: in.OAEP, MaxSize: int64(in.MaxSize), Now: m.clock, Escrow: escrow,
 	})
 	if err == nil {
 		_, err = f.Seek(0, io.SeekStart)

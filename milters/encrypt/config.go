@@ -1,6 +1,7 @@
 package encrypt
 
 import (
+	"net/mail"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -73,6 +74,12 @@ type InlineSettings struct {
 	// MaxSize bounds the message encrypted inline (S/MIME is built in
 	// memory); a larger one is routed.
 	MaxSize yamlconf.Size `yaml:"max_size"`
+	// Escrow lists addresses whose keys (in the key store, under the
+	// message's tenant or at its root) every inline-encrypted message is
+	// also encrypted to: the archive journals the message as delivered,
+	// so this is how the archive (or a compliance officer) can read it.
+	// A message is encrypted inline only when every escrow key is found.
+	Escrow []string `yaml:"escrow"`
 }
 
 // Defaults.
@@ -233,6 +240,11 @@ func checkInline(doc *yamlconf.Doc, path string, in *InlineSettings) {
 	case inline.AES256CBC, inline.AES256GCM:
 	default:
 		doc.Problemf(path+".cipher", "must be %s or %s, got %q", inline.AES256CBC, inline.AES256GCM, in.Cipher)
+	}
+	for i, a := range in.Escrow {
+		if _, err := mail.ParseAddress(a); err != nil || strings.ContainsAny(a, "<> ") {
+			doc.Problemf(path+".escrow["+strconv.Itoa(i)+"]", "want an address (local@domain), got %q", a)
+		}
 	}
 	if in.MaxSize <= 0 || in.MaxSize > maxInlineMaxSize {
 		doc.Problemf(path+".max_size", "must be more than 0 and at most %s, got %s", maxInlineMaxSize, in.MaxSize)

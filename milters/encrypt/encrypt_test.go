@@ -545,6 +545,38 @@ func TestInlineSMIME(t *testing.T) {
 	}
 }
 
+// TestInlineEscrow: with inline.escrow the message also opens with the
+// escrow key (the archive journals the encrypted message as delivered);
+// without the escrow key in the store the message is routed, not encrypted
+// for the recipients alone.
+func TestInlineEscrow(t *testing.T) {
+	needTool(t, "openssl")
+	keys := t.TempDir()
+	newCert(t, keys, "acme", "bob@partner.example")
+	archKey, archCert := newCert(t, keys, "", "archive@acme.example")
+	h := newHarness(t, "", "inline: {method: smime, keys_dir: "+keys+", escrow: [archive@acme.example]}")
+	body := "Quarterly figures.\r\n"
+	msg := message("[secure] Figures", body, "X-Mailer: test")
+	res := h.send(t, relayIP, msg, "bob@partner.example")
+	accepted(t, res)
+	in := filepath.Join(t.TempDir(), "msg.eml")
+	if err := os.WriteFile(in, applyMods(t, msg, res), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	plain := run(t, "openssl", "smime", "-decrypt", "-in", in, "-inkey", archKey, "-recip", archCert)
+	if !bytes.Contains(plain, []byte(body)) {
+		t.Errorf("escrow key decrypted %q", plain)
+	}
+
+	h = newHarness(t, "", "inline: {method: smime, keys_dir: "+keys+", escrow: [nobody@acme.example]}")
+	res = h.send(t, relayIP, msg, "bob@partner.example")
+	accepted(t, res)
+	same(t, "escrow key missing", mods(res), []string{"change Subject[1]: Figures", "add X-Geomilter-Encrypt: subject_tag"})
+	if sec := h.section(t, 1); sec.Action != "route" || sec.Fallback != "no_escrow_key" {
+		t.Errorf("section %+v", sec)
+	}
+}
+
 // TestInlineTooLarge: over inline.max_size the message is routed; with
 // route off, rejected.
 func TestInlineTooLarge(t *testing.T) {
