@@ -122,6 +122,10 @@ func (m *Milter) encryptInline(st *milterrt.State, pl *plan) (res *inlineResult,
 	}
 	// message.FilePrefix: a file a crash leaves behind is removed at
 	// start-up with the message files; it is unlinked at once anyway.
+	// The directory exists only once a message has spilled into it.
+	if err := os.MkdirAll(m.messageDir, 0o700); err != nil {
+		return nil, "error", fmt.Errorf("inline encryption: %w", err)
+	}
 	f, err := os.CreateTemp(m.messageDir, message.FilePrefix+"enc-*")
 	if err != nil {
 		return nil, "error", fmt.Errorf("inline encryption: temporary file: %w", err)
