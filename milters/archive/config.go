@@ -7,6 +7,7 @@ import (
 
 	"github.com/geomilter/geomilter/milters/archive/target"
 	"github.com/geomilter/geomilter/shared/config"
+	"github.com/geomilter/geomilter/shared/rules"
 	"github.com/geomilter/geomilter/shared/yamlconf"
 )
 
@@ -162,7 +163,7 @@ func checkSettings(doc *yamlconf.Doc, path string, o *Settings) {
 		switch {
 		case t.Name == "":
 			doc.Problemf(tp+".name", "required (it names the target's cursor, metrics and rules' targets)")
-		case !validName(t.Name):
+		case !rules.IsName(t.Name, 64):
 			doc.Problemf(tp+".name", "%q may contain only letters, digits, '.', '_' and '-' (at most 64)", t.Name)
 		case seen[t.Name]:
 			doc.Problemf(tp+".name", "target %q is listed twice", t.Name)
@@ -175,17 +176,4 @@ func checkSettings(doc *yamlconf.Doc, path string, o *Settings) {
 			doc.Problemf(tp+"."+p.Key, "%s", p.Msg)
 		}
 	}
-}
-
-func validName(s string) bool {
-	if s == "" || len(s) > 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
 }

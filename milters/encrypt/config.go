@@ -13,6 +13,7 @@ import (
 	"github.com/geomilter/geomilter/milters/encrypt/inline"
 	"github.com/geomilter/geomilter/shared/config"
 	"github.com/geomilter/geomilter/shared/milterrt"
+	"github.com/geomilter/geomilter/shared/rules"
 	"github.com/geomilter/geomilter/shared/yamlconf"
 )
 
@@ -203,7 +204,7 @@ func checkDetect(doc *yamlconf.Doc, path string, d *DetectSettings) {
 		switch {
 		case p.Name == "":
 			doc.Problemf(pp+".name", "required (the name rules use in match.detect)")
-		case !validName(p.Name):
+		case !rules.IsName(p.Name, 64):
 			doc.Problemf(pp+".name", "%q may contain only letters, digits, '.', '_' and '-' (at most 64)", p.Name)
 		case p.Name == DetectorCard || p.Name == DetectorIBAN:
 			doc.Problemf(pp+".name", "%q is the name of a built-in detector", p.Name)
@@ -249,17 +250,4 @@ func checkInline(doc *yamlconf.Doc, path string, in *InlineSettings) {
 	if in.MaxSize <= 0 || in.MaxSize > maxInlineMaxSize {
 		doc.Problemf(path+".max_size", "must be more than 0 and at most %s, got %s", maxInlineMaxSize, in.MaxSize)
 	}
-}
-
-func validName(s string) bool {
-	if s == "" || len(s) > 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
 }

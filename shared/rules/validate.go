@@ -65,13 +65,26 @@ func checkID(id string) error {
 	if len(id) > maxIDLen {
 		return fmt.Errorf("%q is longer than %d characters", id, maxIDLen)
 	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return fmt.Errorf("%q may contain only letters, digits, '.', '_' and '-'", id)
-		}
+	if !IsName(id, maxIDLen) {
+		return fmt.Errorf("%q may contain only letters, digits, '.', '_' and '-'", id)
 	}
 	return nil
+}
+
+// IsName reports whether s is 1 to max bytes of letters, digits, '.', '_'
+// and '-': the names of rules, tenants, archive targets and detectors,
+// usable as they are in file names, metric labels and Redis keys.
+func IsName(s string, max int) bool {
+	if s == "" || len(s) > max {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // checkDomain validates a lower-case ASCII domain name (labels of letters,

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/geomilter/geomilter/shared/milterrt"
+	"github.com/geomilter/geomilter/shared/rules"
 )
 
 // Magic starts every record; the digit is the format version.
@@ -95,11 +96,8 @@ func CheckID(id string) error {
 	if id == "" || len(id) > MaxIDLen || id[0] == '.' {
 		return fmt.Errorf("journal id %q: want 1 to %d bytes, not starting with '.'", id, MaxIDLen)
 	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return fmt.Errorf("journal id %q: byte %#x at %d, want A-Z a-z 0-9 . _ -", id, c, i)
-		}
+	if !rules.IsName(id, MaxIDLen) {
+		return fmt.Errorf("journal id %q: want only A-Z a-z 0-9 . _ -", id)
 	}
 	return nil
 }

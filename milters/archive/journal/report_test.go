@@ -263,7 +263,7 @@ func TestWriteReportBadInput(t *testing.T) {
 		edit    func(h *Header, o *ReportOptions)
 		wantErr string
 	}{
-		{"id with @", func(h *Header, o *ReportOptions) { h.ID = "a@b" }, `journal id "a@b": byte 0x40`},
+		{"id with @", func(h *Header, o *ReportOptions) { h.ID = "a@b" }, `journal id "a@b": want only`},
 		{"id with ..", func(h *Header, o *ReportOptions) { h.ID = "../x" }, `journal id "../x"`},
 		{"empty id", func(h *Header, o *ReportOptions) { h.ID = "" }, `journal id ""`},
 		{"host with space", func(h *Header, o *ReportOptions) { o.Host = "mx1 example" }, "host"},

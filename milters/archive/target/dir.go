@@ -9,6 +9,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/geomilter/geomilter/milters/archive/journal"
 	"github.com/geomilter/geomilter/shared/spool"
 )
 
@@ -42,18 +43,14 @@ func (t *DirTarget) Send(ctx context.Context, batch []spool.Record) error {
 }
 
 func (t *DirTarget) one(_ context.Context, rec spool.Record) error {
-	h, msg, rc, err := openRecord(rec)
-	if err != nil {
-		return err
-	}
-	defer rc.Close()
-	if !h.WantsTarget(t.name) {
-		return nil
-	}
+	return forTarget(t.name, rec, t.write)
+}
+
+func (t *DirTarget) write(h *journal.Header, msg io.Reader) error {
 	day := h.Time.UTC()
 	dir := filepath.Join(t.path, day.Format("2006"), day.Format("01"), day.Format("02"))
 	src := &srcReader{r: msg}
-	err = t.fw.write(dir, h.ID+".eml", func(w io.Writer) error {
+	err := t.fw.write(dir, h.ID+".eml", func(w io.Writer) error {
 		_, err := io.Copy(w, src)
 		return err
 	})

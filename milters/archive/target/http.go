@@ -14,6 +14,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/geomilter/geomilter/milters/archive/journal"
 	"github.com/geomilter/geomilter/shared/spool"
 )
 
@@ -67,14 +68,10 @@ func (t *HTTPTarget) Send(ctx context.Context, batch []spool.Record) error {
 }
 
 func (t *HTTPTarget) one(ctx context.Context, rec spool.Record) error {
-	h, msg, rc, err := openRecord(rec)
-	if err != nil {
-		return err
-	}
-	defer rc.Close()
-	if !h.WantsTarget(t.name) {
-		return nil
-	}
+	return forTarget(t.name, rec, func(h *journal.Header, msg io.Reader) error { return t.post(ctx, h, msg) })
+}
+
+func (t *HTTPTarget) post(ctx context.Context, h *journal.Header, msg io.Reader) error {
 	ctx, cancel := context.WithTimeout(ctx, t.timeout)
 	defer cancel()
 

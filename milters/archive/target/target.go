@@ -29,6 +29,7 @@ import (
 
 	"github.com/geomilter/geomilter/milters/archive/journal"
 	"github.com/geomilter/geomilter/shared/drain"
+	"github.com/geomilter/geomilter/shared/rules"
 	"github.com/geomilter/geomilter/shared/spool"
 )
 
@@ -238,18 +239,7 @@ func checkName(name string) error {
 
 // safeName tells whether s can be used as a file name as it is: journal ids
 // (journal.NewID makes only such) and target names.
-func safeName(s string) bool {
-	if s == "" || len(s) > 200 || s[0] == '.' {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
+func safeName(s string) bool { return s != "" && s[0] != '.' && rules.IsName(s, journal.MaxIDLen) }
 
 // checkMailbox accepts what is sent in MAIL FROM:<…> / RCPT TO:<…>: an
 // addr-spec without brackets, spaces or line breaks (RFC 5321 §4.1.2
@@ -325,6 +315,21 @@ func corrupt(err error) bool {
 }
 
 var errBadID = errors.New("journal id not usable as a file name")
+
+// forTarget opens rec and, when its header wants the named target, calls
+// deliver with the header and the message; a record meant for other
+// targets only is done at once.
+func forTarget(name string, rec spool.Record, deliver func(h *journal.Header, msg io.Reader) error) error {
+	h, msg, rc, err := openRecord(rec)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	if !h.WantsTarget(name) {
+		return nil
+	}
+	return deliver(h, msg)
+}
 
 // openRecord opens rec and decodes its header. The caller closes rc after
 // reading msg.
