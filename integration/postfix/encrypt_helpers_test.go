@@ -19,7 +19,7 @@ import (
 // `geomilter encrypt` binary started with its own config (one process per
 // inline method, each on its own socket), smtp-sink instances that dump every
 // message (-d) as the final destination, the encryption gateway and a
-// receiver without STARTTLS, and the recipient keys made with openssl and gpg.
+// receiver without STARTTLS (the recipient keys come from package inlinetest).
 
 const (
 	encSiteAddr = "10.79.0.1" // the sending site's veth address
@@ -324,15 +324,4 @@ func encSend(t testing.TB, s *site, from, sender string, rcpts []string, data st
 		t.Fatalf("not queued; swaks:\n%s", out)
 	}
 	return qid
-}
-
-// encRun runs a bounded command on the host (openssl, gpg) and fails the
-// test on error.
-func encRun(t testing.TB, stdin string, args ...string) string {
-	t.Helper()
-	out, err := runCmdInput(60*time.Second, stdin, args...)
-	if err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return out
 }

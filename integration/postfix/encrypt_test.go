@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/geomilter/geomilter/milters/encrypt/inline/inlinetest"
 	"github.com/geomilter/geomilter/shared/trail"
 )
 
@@ -81,19 +82,17 @@ func TestEncrypt(t *testing.T) {
 		t.Fatal(err)
 	}
 	const smimeRcpt, pgpRcpt = "smime-bob@partner.example", "pgp-carol@partner.example"
-	smimeKey, smimeCert := filepath.Join(s.dir, "bob.key"), filepath.Join(keys, smimeRcpt+".pem")
-	encRun(t, "", "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", smimeKey, "-out", smimeCert,
-		"-days", "2", "-subj", "/CN="+smimeRcpt, "-addext", "subjectAltName=email:"+smimeRcpt)
-	gnupg := filepath.Join(s.dir, "gnupg")
-	if err := os.Mkdir(gnupg, 0o700); err != nil {
+	smimeKey, smimeCert := inlinetest.NewCert(t, s.dir, smimeRcpt, 2)
+	gnupg, pgpPub := inlinetest.GPGHome(t, "Carol <"+pgpRcpt+">", "2d")
+	cert, err := os.ReadFile(smimeCert)
+	if err != nil {
 		t.Fatal(err)
 	}
-	gpg := func(args ...string) string {
-		return encRun(t, "", append([]string{"env", "GNUPGHOME=" + gnupg, "gpg", "--batch", "--pinentry-mode", "loopback", "--passphrase", ""}, args...)...)
+	for file, data := range map[string][]byte{smimeRcpt + ".pem": cert, pgpRcpt + ".asc": pgpPub} {
+		if err := os.WriteFile(filepath.Join(keys, file), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
-	t.Cleanup(func() { _, _ = runCmd(20*time.Second, "env", "GNUPGHOME="+gnupg, "gpgconf", "--kill", "all") })
-	gpg("--quick-gen-key", "Carol <"+pgpRcpt+">", "future-default", "default", "2d")
-	gpg("--armor", "--output", filepath.Join(keys, pgpRcpt+".asc"), "--export", pgpRcpt)
 
 	// The milters.
 	rulesFile := filepath.Join(s.dir, "encrypt-rules.yaml")
@@ -339,15 +338,11 @@ func TestEncrypt(t *testing.T) {
 		if strings.Contains(string(d.msg), "salary review figures") || len(encFields(d.msg, "X-Geomilter-Encrypt")) != 0 {
 			t.Fatalf("delivered message holds the text in clear or the marker:\n%s", d.msg)
 		}
-		in, out := filepath.Join(s.dir, "smime.eml"), filepath.Join(s.dir, "smime.out")
+		in := filepath.Join(s.dir, "smime.eml")
 		if err := os.WriteFile(in, d.msg, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		encRun(t, "", "openssl", "smime", "-decrypt", "-inkey", smimeKey, "-in", in, "-out", out)
-		plain, err := os.ReadFile(out)
-		if err != nil {
-			t.Fatal(err)
-		}
+		plain := inlinetest.SMIMEDecrypt(t, in, smimeKey, smimeCert)
 		if got := encBody([]byte(strings.ReplaceAll(string(plain), "\r\n", "\n"))); got != encSecretBody {
 			t.Errorf("openssl smime -decrypt gave\n%q\nwant the body\n%q", plain, encSecretBody)
 		}
@@ -374,15 +369,7 @@ func TestEncrypt(t *testing.T) {
 		if armor == nil {
 			t.Fatalf("no armored PGP message in\n%s", d.msg)
 		}
-		in, out := filepath.Join(s.dir, "pgp.asc"), filepath.Join(s.dir, "pgp.out")
-		if err := os.WriteFile(in, armor, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		gpg("--output", out, "--decrypt", in)
-		plain, err := os.ReadFile(out)
-		if err != nil {
-			t.Fatal(err)
-		}
+		plain := inlinetest.PGPDecrypt(t, gnupg, armor)
 		if got := encBody([]byte(strings.ReplaceAll(string(plain), "\r\n", "\n"))); got != encSecretBody {
 			t.Errorf("gpg --decrypt gave\n%q\nwant the body\n%q", plain, encSecretBody)
 		}

@@ -6,7 +6,6 @@ import (
 	"io"
 	"mime"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -17,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/geomilter/geomilter/milters/encrypt"
+	"github.com/geomilter/geomilter/milters/encrypt/inline/inlinetest"
 	"github.com/geomilter/geomilter/shared/config"
 	"github.com/geomilter/geomilter/shared/milterrt"
 	"github.com/geomilter/geomilter/shared/milterrt/miltertest"
@@ -402,33 +402,11 @@ func TestClientMarkers(t *testing.T) {
 	same(t, "markers", mods(res), []string{"delete X-Geomilter-Encrypt[2]", "delete X-Geomilter-Encrypt[1]", "delete X-Geomilter-TLS[1]"})
 }
 
-func needTool(t *testing.T, name string) {
-	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		t.Skipf("%s not installed (Debian package %s)", name, name)
-	}
-}
-
-func run(t *testing.T, name string, args ...string) []byte {
-	t.Helper()
-	cmd := exec.Command(name, args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr.String())
-	}
-	return out
-}
-
-// newCert makes a key and a self-signed certificate for addr with openssl
+// storeCert makes a key and a self-signed certificate for addr with openssl
 // and files the certificate in the key store under tenant.
-func newCert(t *testing.T, keys, tenant, addr string) (keyFile, certFile string) {
+func storeCert(t *testing.T, keys, tenant, addr string) (keyFile, certFile string) {
 	t.Helper()
-	dir := t.TempDir()
-	keyFile, certFile = filepath.Join(dir, addr+".key"), filepath.Join(dir, addr+".crt")
-	run(t, "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", keyFile, "-out", certFile,
-		"-days", "2", "-subj", "/CN="+addr, "-addext", "subjectAltName=email:"+addr)
+	keyFile, certFile = inlinetest.NewCert(t, t.TempDir(), addr, 2)
 	if err := os.MkdirAll(filepath.Join(keys, tenant), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -497,9 +475,9 @@ func applyMods(t *testing.T, msg string, res miltertest.Result) []byte {
 // without a key sends the message to the gateway instead; the subject tag
 // goes either way.
 func TestInlineSMIME(t *testing.T) {
-	needTool(t, "openssl")
+	inlinetest.NeedTool(t, "openssl")
 	keys := t.TempDir()
-	bobKey, bobCert := newCert(t, keys, "acme", "bob@partner.example")
+	bobKey, bobCert := storeCert(t, keys, "acme", "bob@partner.example")
 	h := newHarness(t, "", "inline: {method: smime, keys_dir: "+keys+"}")
 	body := "Grüße, the figures are attached.\r\n"
 	msg := message("[secure] Figures", body, "X-Mailer: test")
@@ -525,7 +503,7 @@ func TestInlineSMIME(t *testing.T) {
 	if err := os.WriteFile(in, out, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	plain := run(t, "openssl", "smime", "-decrypt", "-in", in, "-inkey", bobKey, "-recip", bobCert)
+	plain := inlinetest.SMIMEDecrypt(t, in, bobKey, bobCert)
 	if !bytes.Contains(plain, []byte(body)) || !bytes.Contains(plain, []byte("Content-Type: text/plain; charset=utf-8")) {
 		t.Errorf("decrypted %q", plain)
 	}
@@ -550,10 +528,10 @@ func TestInlineSMIME(t *testing.T) {
 // without the escrow key in the store the message is routed, not encrypted
 // for the recipients alone.
 func TestInlineEscrow(t *testing.T) {
-	needTool(t, "openssl")
+	inlinetest.NeedTool(t, "openssl")
 	keys := t.TempDir()
-	newCert(t, keys, "acme", "bob@partner.example")
-	archKey, archCert := newCert(t, keys, "", "archive@acme.example")
+	storeCert(t, keys, "acme", "bob@partner.example")
+	archKey, archCert := storeCert(t, keys, "", "archive@acme.example")
 	h := newHarness(t, "", "inline: {method: smime, keys_dir: "+keys+", escrow: [archive@acme.example]}")
 	body := "Quarterly figures.\r\n"
 	msg := message("[secure] Figures", body, "X-Mailer: test")
@@ -563,7 +541,7 @@ func TestInlineEscrow(t *testing.T) {
 	if err := os.WriteFile(in, applyMods(t, msg, res), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	plain := run(t, "openssl", "smime", "-decrypt", "-in", in, "-inkey", archKey, "-recip", archCert)
+	plain := inlinetest.SMIMEDecrypt(t, in, archKey, archCert)
 	if !bytes.Contains(plain, []byte(body)) {
 		t.Errorf("escrow key decrypted %q", plain)
 	}
@@ -580,9 +558,9 @@ func TestInlineEscrow(t *testing.T) {
 // TestInlineTooLarge: over inline.max_size the message is routed; with
 // route off, rejected.
 func TestInlineTooLarge(t *testing.T) {
-	needTool(t, "openssl")
+	inlinetest.NeedTool(t, "openssl")
 	keys := t.TempDir()
-	newCert(t, keys, "acme", "bob@partner.example")
+	storeCert(t, keys, "acme", "bob@partner.example")
 	big := strings.Repeat("0123456789abcdef 0123456789abcdef 0123456789abcdef 0123456789\r\n", 100)
 	h := newHarness(t, "", "inline: {method: smime, keys_dir: "+keys+", max_size: 2KiB}")
 	res := h.send(t, relayIP, message("[secure] big", big))
@@ -599,21 +577,7 @@ func TestInlineTooLarge(t *testing.T) {
 
 // TestInlinePGP: PGP/MIME inline, opened by gpg with the recipient's key.
 func TestInlinePGP(t *testing.T) {
-	needTool(t, "gpg")
-	home, err := os.MkdirTemp("", "gmgpg") // short: gpg-agent's socket lives here
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = exec.Command("gpgconf", "--homedir", home, "--kill", "all").Run()
-		os.RemoveAll(home)
-	})
-	if err := os.Chmod(home, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	run(t, "gpg", "--batch", "--homedir", home, "--passphrase", "", "--pinentry-mode", "loopback",
-		"--quick-gen-key", "Bob <bob@partner.example>", "future-default", "default", "never")
-	pub := run(t, "gpg", "--batch", "--homedir", home, "--armor", "--export", "bob@partner.example")
+	home, pub := inlinetest.GPGHome(t, "Bob <bob@partner.example>", "never")
 	keys := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(keys, "acme"), 0o755); err != nil {
 		t.Fatal(err)
@@ -637,11 +601,7 @@ rules:
 	if start < 0 || end < start {
 		t.Fatalf("no armored message:\n%s", out)
 	}
-	armored := filepath.Join(t.TempDir(), "msg.asc")
-	if err := os.WriteFile(armored, []byte(out[start:end+len("-----END PGP MESSAGE-----")]+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	plain := run(t, "gpg", "--batch", "--homedir", home, "--pinentry-mode", "loopback", "--passphrase", "", "--decrypt", armored)
+	plain := inlinetest.PGPDecrypt(t, home, []byte(out[start:end+len("-----END PGP MESSAGE-----")]+"\n"))
 	if !bytes.Contains(plain, []byte(body)) {
 		t.Errorf("decrypted %q", plain)
 	}

@@ -10,73 +10,12 @@ import (
 	"mime/multipart"
 	"net/mail"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/geomilter/geomilter/milters/encrypt/inline/inlinetest"
 )
-
-// needTool skips the test when a Debian program it drives is not installed
-// (the README's install list has openssl and gnupg).
-func needTool(t *testing.T, name string) {
-	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		t.Skipf("%s not installed (Debian packages openssl, gnupg): %v", name, err)
-	}
-}
-
-func run(t *testing.T, name string, args ...string) []byte {
-	t.Helper()
-	cmd := exec.Command(name, args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr.String())
-	}
-	return out
-}
-
-// newCert makes an RSA key and a self-signed certificate for addr with the
-// real openssl, valid for days days, and returns the file paths.
-func newCert(t *testing.T, dir, addr string, days int) (keyFile, certFile string) {
-	t.Helper()
-	needTool(t, "openssl")
-	keyFile = filepath.Join(dir, addr+".key")
-	certFile = filepath.Join(dir, addr+".crt")
-	run(t, "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
-		"-keyout", keyFile, "-out", certFile, "-days", strconv.Itoa(days),
-		"-subj", "/CN="+addr, "-addext", "subjectAltName=email:"+addr)
-	return keyFile, certFile
-}
-
-// gpgHome makes a GnuPG home with a fresh key for uid (ed25519 primary,
-// cv25519 encryption subkey, expiring as expire says: "never", "1d", …) and
-// returns the home and the armored public key.
-func gpgHome(t *testing.T, uid, expire string) (home string, pub []byte) {
-	t.Helper()
-	needTool(t, "gpg")
-	// Short path: gpg-agent's socket lives in the home directory.
-	home, err := os.MkdirTemp("", "gmgpg")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = exec.Command("gpgconf", "--homedir", home, "--kill", "all").Run()
-		os.RemoveAll(home)
-	})
-	if err := os.Chmod(home, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	run(t, "gpg", "--batch", "--homedir", home, "--passphrase", "", "--pinentry-mode", "loopback",
-		"--quick-gen-key", uid, "future-default", "default", expire)
-	pub = run(t, "gpg", "--batch", "--homedir", home, "--armor", "--export", uid)
-	if len(pub) == 0 {
-		t.Fatal("gpg exported no key")
-	}
-	return home, pub
-}
 
 // testMessage is a multipart message with a non-ASCII text part and a binary
 // attachment; it returns all header fields and the body.
@@ -180,10 +119,10 @@ func storeKey(t *testing.T, dir, addr, tenant, certFile string) Key {
 // TestSMIMEOpenSSL encrypts with every content and key encryption choice and
 // has the real openssl decrypt the whole message with each recipient's key.
 func TestSMIMEOpenSSL(t *testing.T) {
-	needTool(t, "openssl")
+	inlinetest.NeedTool(t, "openssl")
 	dir := t.TempDir()
-	bobKey, bobCert := newCert(t, dir, "bob@example.org", 2)
-	escKey, escCert := newCert(t, dir, "escrow@example.com", 2)
+	bobKey, bobCert := inlinetest.NewCert(t, dir, "bob@example.org", 2)
+	escKey, escCert := inlinetest.NewCert(t, dir, "escrow@example.com", 2)
 	store := filepath.Join(dir, "store")
 	bob := storeKey(t, store, "bob@example.org", "acme", bobCert)
 	esc := storeKey(t, store, "escrow@example.com", "acme", escCert)
@@ -233,7 +172,7 @@ func TestSMIMEOpenSSL(t *testing.T) {
 			if err := os.WriteFile(in, msg, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			printed := string(run(t, "openssl", "cms", "-cmsout", "-print", "-in", in))
+			printed := string(inlinetest.Run(t, "", "openssl", "cms", "-cmsout", "-print", "-in", in))
 			for _, a := range tc.algs {
 				if !strings.Contains(printed, a) {
 					t.Errorf("structure lacks %s:\n%s", a, printed)
@@ -241,7 +180,7 @@ func TestSMIMEOpenSSL(t *testing.T) {
 			}
 			for _, r := range []struct{ key, cert string }{{bobKey, bobCert}, {escKey, escCert}} {
 				args := append(append([]string{}, tc.decode...), "-in", in, "-inkey", r.key, "-recip", r.cert)
-				got := run(t, "openssl", args...)
+				got := inlinetest.Run(t, "", "openssl", args...)
 				if !bytes.Equal(got, want) {
 					t.Fatalf("openssl %v with %s: entity differs\n got %q\nwant %q", tc.decode, filepath.Base(r.key), head(got), head(want))
 				}
@@ -260,8 +199,8 @@ func head(b []byte) []byte {
 // TestPGPGnuPG encrypts PGP/MIME and has the real gpg decrypt part 2 with
 // the recipient's and the escrow key.
 func TestPGPGnuPG(t *testing.T) {
-	bobHome, bobPub := gpgHome(t, "Bob <bob@example.org>", "never")
-	escHome, escPub := gpgHome(t, "Escrow <escrow@example.com>", "never")
+	bobHome, bobPub := inlinetest.GPGHome(t, "Bob <bob@example.org>", "never")
+	escHome, escPub := inlinetest.GPGHome(t, "Escrow <escrow@example.com>", "never")
 	store := t.TempDir()
 	for name, pub := range map[string][]byte{"bob@example.org.asc": bobPub, "example.com.asc": escPub} {
 		if err := os.WriteFile(filepath.Join(store, name), pub, 0o644); err != nil {
@@ -317,12 +256,8 @@ func TestPGPGnuPG(t *testing.T) {
 		strings.TrimSpace(string(parts[0])) != "Version: 1" {
 		t.Fatalf("parts %q: %q", types, parts)
 	}
-	armored := filepath.Join(t.TempDir(), "msg.asc")
-	if err := os.WriteFile(armored, parts[1], 0o600); err != nil {
-		t.Fatal(err)
-	}
 	for _, home := range []string{bobHome, escHome} {
-		got := run(t, "gpg", "--batch", "--homedir", home, "--pinentry-mode", "loopback", "--passphrase", "", "--decrypt", armored)
+		got := inlinetest.PGPDecrypt(t, home, parts[1])
 		if !bytes.Equal(got, want) {
 			t.Fatalf("gpg --decrypt: entity differs\n got %q\nwant %q", head(got), head(want))
 		}
@@ -331,7 +266,7 @@ func TestPGPGnuPG(t *testing.T) {
 
 func TestEncryptErrors(t *testing.T) {
 	dir := t.TempDir()
-	_, cert := newCert(t, dir, "bob@example.org", 2)
+	_, cert := inlinetest.NewCert(t, dir, "bob@example.org", 2)
 	bob := storeKey(t, filepath.Join(dir, "store"), "bob@example.org", "", cert)
 	h, body := testMessage(t)
 

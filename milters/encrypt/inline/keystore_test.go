@@ -4,12 +4,13 @@ import (
 	"bytes"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/geomilter/geomilter/milters/encrypt/inline/inlinetest"
 )
 
 // clock is a settable test clock.
@@ -43,9 +44,9 @@ func readFile(t *testing.T, path string) []byte {
 // TestKeyStoreLookup: tenants, domain keys, case, bad files, methods.
 func TestKeyStoreLookup(t *testing.T) {
 	tmp := t.TempDir()
-	_, bobCert := newCert(t, tmp, "bob@example.org", 30)
-	_, domCert := newCert(t, tmp, "example.net", 30)
-	_, pub := gpgHome(t, "Carol <carol@example.org>", "never")
+	_, bobCert := inlinetest.NewCert(t, tmp, "bob@example.org", 30)
+	_, domCert := inlinetest.NewCert(t, tmp, "example.net", 30)
+	_, pub := inlinetest.GPGHome(t, "Carol <carol@example.org>", "never")
 	cert := readFile(t, bobCert)
 
 	store := filepath.Join(tmp, "store")
@@ -118,9 +119,9 @@ func TestKeyStoreLookup(t *testing.T) {
 // revoked OpenPGP keys are not used, and are reported.
 func TestKeyStoreValidity(t *testing.T) {
 	tmp := t.TempDir()
-	_, c := newCert(t, tmp, "bob@example.org", 1)
-	_, expiring := gpgHome(t, "Eve <eve@example.org>", "1d")
-	revHome, revoked := gpgHome(t, "Rex <rex@example.org>", "never")
+	_, c := inlinetest.NewCert(t, tmp, "bob@example.org", 1)
+	_, expiring := inlinetest.GPGHome(t, "Eve <eve@example.org>", "1d")
+	revHome, revoked := inlinetest.GPGHome(t, "Rex <rex@example.org>", "never")
 
 	// gpg leaves a revocation certificate in openpgp-revocs.d with its
 	// armor line escaped by ":" (so it is not imported by mistake).
@@ -129,12 +130,8 @@ func TestKeyStoreValidity(t *testing.T) {
 		t.Fatalf("revocation certificate: %v %v", revs, err)
 	}
 	rev := bytes.ReplaceAll(readFile(t, revs[0]), []byte(":-----BEGIN"), []byte("-----BEGIN"))
-	imp := exec.Command("gpg", "--batch", "--homedir", revHome, "--import")
-	imp.Stdin = bytes.NewReader(rev)
-	if out, err := imp.CombinedOutput(); err != nil {
-		t.Fatalf("gpg --import revocation: %v\n%s", err, out)
-	}
-	revokedNow := run(t, "gpg", "--batch", "--homedir", revHome, "--armor", "--export", "rex@example.org")
+	inlinetest.Run(t, string(rev), "gpg", "--batch", "--homedir", revHome, "--import")
+	revokedNow := inlinetest.Run(t, "", "gpg", "--batch", "--homedir", revHome, "--armor", "--export", "rex@example.org")
 
 	store := filepath.Join(tmp, "store")
 	writeFile(t, filepath.Join(store, "bob@example.org.pem"), readFile(t, c))
@@ -179,7 +176,7 @@ func TestKeyStoreValidity(t *testing.T) {
 // on Lookup once CheckEvery has passed.
 func TestKeyStoreReload(t *testing.T) {
 	tmp := t.TempDir()
-	_, c := newCert(t, tmp, "bob@example.org", 2)
+	_, c := inlinetest.NewCert(t, tmp, "bob@example.org", 2)
 	cert := readFile(t, c)
 	store := filepath.Join(tmp, "store")
 	path := filepath.Join(store, "t1", "bob@example.org.pem")
