@@ -40,7 +40,15 @@ type harness struct {
 	env   *service.Env
 }
 
-func newHarness(t *testing.T, rulesYAML, journalYAML string) *harness {
+func newHarness(t testing.TB, rulesYAML, journalYAML string) *harness {
+	t.Helper()
+	// 1 KiB in memory: most test messages are in a spill file when journaled.
+	return newHarnessMem(t, rulesYAML, journalYAML, 1024)
+}
+
+// newHarnessMem is newHarness with the message memory given (0: the
+// runtime's default, 256 KiB).
+func newHarnessMem(t testing.TB, rulesYAML, journalYAML string, memory int64) *harness {
 	t.Helper()
 	dir := t.TempDir()
 	files := filepath.Join(dir, "files")
@@ -71,7 +79,7 @@ func newHarness(t *testing.T, rulesYAML, journalYAML string) *harness {
 			t.Errorf("close: %v", err)
 		}
 	})
-	h.srv = miltertest.Serve(t, m, milterrt.Options{MessageDir: filepath.Join(dir, "messages"), MessageMemory: 1024})
+	h.srv = miltertest.Serve(t, m, milterrt.Options{MessageDir: filepath.Join(dir, "messages"), MessageMemory: memory})
 	return h
 }
 

@@ -148,10 +148,10 @@ func Encode(h *Header, msg io.Reader) (io.Reader, int64, error) {
 // error wrapping ErrBadRecord when r ends before h.Size bytes or has bytes
 // after them (checked when the message has been read to its end). A read
 // error of r is returned wrapped, not as ErrBadRecord: the record may be
-// good. Decode reads r ahead through a 64 KiB buffer, so r belongs to the
+// good. Decode reads r ahead through an 8 KiB buffer, so r belongs to the
 // returned reader.
 func Decode(r io.Reader) (*Header, io.Reader, error) {
-	br := bufio.NewReaderSize(r, 64<<10)
+	br := bufio.NewReaderSize(r, 8<<10)
 	// Magic first: garbage is rejected before reading up to a whole line.
 	magic := make([]byte, len(Magic))
 	if n, err := io.ReadFull(br, magic); err != nil {

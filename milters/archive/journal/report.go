@@ -57,7 +57,7 @@ func WriteReport(w io.Writer, h *Header, msg io.Reader, o ReportOptions) error {
 	if err := checkReportInput(h, host, o); err != nil {
 		return fmt.Errorf("journal report %s: %w", h.ID, err)
 	}
-	br := bufio.NewReaderSize(msg, 64<<10)
+	br := bufio.NewReaderSize(msg, 8<<10)
 	raw, err := readHeaderSection(br, MaxHeaderSection)
 	if err != nil && !errors.Is(err, errHeaderTooLong) {
 		return fmt.Errorf("journal report %s: message: %w", h.ID, err)
@@ -160,6 +160,21 @@ func WriteReport(w io.Writer, h *Header, msg io.Reader, o ReportOptions) error {
 
 // checkReportInput refuses what would make a broken report or let a
 // configured or recorded value inject header lines.
+// CheckReport says whether WriteReport can make a report of a record with
+// header h, before any of it is written: the errors WriteReport returns
+// before writing come from here (the others are the message's reader or
+// w failing).
+func CheckReport(h *Header, o ReportOptions) error {
+	host := o.Host
+	if host == "" {
+		host = h.Host
+	}
+	if err := checkReportInput(h, host, o); err != nil {
+		return fmt.Errorf("journal report %s: %w", h.ID, err)
+	}
+	return nil
+}
+
 func checkReportInput(h *Header, host string, o ReportOptions) error {
 	if err := CheckID(h.ID); err != nil {
 		return err

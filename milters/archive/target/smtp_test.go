@@ -53,8 +53,16 @@ func checkReport(t *testing.T, dump, id, msg string, eightBit bool) {
 	}
 }
 
+// TestSMTPDeliversJournalReports, with and without PIPELINING offered
+// (smtp-sink -p): MAIL, RCPT and DATA in one write, or one by one.
 func TestSMTPDeliversJournalReports(t *testing.T) {
-	sink := startSMTPSink(t)
+	for _, opts := range [][]string{nil, {"-p"}} {
+		t.Run(strings.Join(append([]string{"smtp-sink"}, opts...), " "), func(t *testing.T) { testSMTPDelivers(t, opts...) })
+	}
+}
+
+func testSMTPDelivers(t *testing.T, sinkOpts ...string) {
+	sink := startSMTPSink(t, sinkOpts...)
 	dead, _ := newDead(t)
 	ts := newTestSpool(t)
 	ts.add(t, testHeader("lax-1", testMsg), testMsg)
@@ -170,9 +178,15 @@ func TestSMTPSendBoundedByContext(t *testing.T) {
 }
 
 func TestSMTPPermanentRefusalIsDeadLettered(t *testing.T) {
-	for _, cmd := range []string{"MAIL", "RCPT", "DATA", "."} {
-		t.Run(cmd, func(t *testing.T) {
-			refusing := startSMTPSink(t, "-f", cmd)
+	for _, tc := range []struct{ cmd, opts string }{{"MAIL", ""}, {"RCPT", ""}, {"DATA", ""}, {".", ""},
+		{"MAIL", "-p"}, {"RCPT", "-p"}, {"DATA", "-p"}} {
+		cmd := tc.cmd
+		t.Run(cmd+tc.opts, func(t *testing.T) {
+			args := []string{"-f", cmd}
+			if tc.opts != "" {
+				args = append(args, tc.opts)
+			}
+			refusing := startSMTPSink(t, args...)
 			dead, reg := newDead(t)
 			ts := newTestSpool(t)
 			ts.add(t, testHeader("lax-1", testMsg), testMsg)
