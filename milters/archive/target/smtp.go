@@ -13,6 +13,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -55,7 +56,20 @@ type SMTPTarget struct {
 	dead           *DeadLetters
 	log            zerolog.Logger
 	warned8bit     atomic.Bool
+
+	// A session is kept open between sends for idleTimeout: at a steady
+	// trickle of mail the drainer sends small batches, and a connection,
+	// greeting, EHLO (and TLS) per batch would cost more than the reports.
+	mu        sync.Mutex
+	idle      *smtpConn
+	idleHost  int
+	idleTimer *time.Timer
 }
+
+// idleTimeout is how long a session to a journal host stays open without a
+// report: short, so a host that fails over is left soon, and far below
+// what servers allow (Postfix's smtpd_timeout is 300 s).
+const idleTimeout = 5 * time.Second
 
 func newSMTP(c Config, dead *DeadLetters, log zerolog.Logger) (*SMTPTarget, error) {
 	t := &SMTPTarget{name: c.Name, to: c.To, from: c.From, helo: c.Helo, startTLS: c.StartTLS,
@@ -106,19 +120,73 @@ func newSMTP(c Config, dead *DeadLetters, log zerolog.Logger) (*SMTPTarget, erro
 // Name implements drain.Sink.
 func (t *SMTPTarget) Name() string { return t.name }
 
-// Close implements drain.Sink; sessions last one Send, nothing stays open.
-func (t *SMTPTarget) Close() error { return nil }
+// Close implements drain.Sink: it ends the session kept open, if any.
+func (t *SMTPTarget) Close() error {
+	t.mu.Lock()
+	c := t.idle
+	t.idle = nil
+	if t.idleTimer != nil {
+		t.idleTimer.Stop()
+	}
+	t.mu.Unlock()
+	if c != nil {
+		c.dc.rebind(context.Background())
+		c.quit()
+	}
+	return nil
+}
+
+// take returns the session kept open by the last send, bound to ctx, and
+// the index of its host; nil if there is none.
+func (t *SMTPTarget) take(ctx context.Context) (*smtpConn, int) {
+	t.mu.Lock()
+	c, host := t.idle, t.idleHost
+	t.idle = nil
+	if t.idleTimer != nil {
+		t.idleTimer.Stop()
+	}
+	t.mu.Unlock()
+	if c != nil {
+		c.bind(ctx)
+	}
+	return c, host
+}
+
+// park keeps a sound session open for the next send, for idleTimeout.
+func (t *SMTPTarget) park(c *smtpConn, host int) {
+	c.stop()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.idle != nil { // cannot happen: one drainer per target; be safe
+		go t.idle.quit()
+	}
+	t.idle, t.idleHost = c, host
+	t.idleTimer = time.AfterFunc(idleTimeout, func() {
+		t.mu.Lock()
+		if t.idle != c {
+			t.mu.Unlock()
+			return
+		}
+		t.idle = nil
+		t.mu.Unlock()
+		c.dc.rebind(context.Background())
+		c.quit()
+	})
+}
 
 // Send implements drain.Sink.
 func (t *SMTPTarget) Send(ctx context.Context, batch []spool.Record) error {
 	var (
-		c       *smtpConn
-		host    int   // index of the host in use or to try next
 		lastErr error // why the last host was given up
+		// reused: c was kept open from an earlier send; the server may
+		// have closed it meanwhile, which is not the host failing.
+		reused bool
 	)
+	c, host := t.take(ctx) // host: index of the host in use or to try next
+	reused = c != nil
 	defer func() {
 		if c != nil {
-			c.quit()
+			t.park(c, host)
 		}
 	}()
 	for i := 0; i < len(batch); {
@@ -158,6 +226,16 @@ func (t *SMTPTarget) Send(ctx context.Context, batch []spool.Record) error {
 			}
 		}
 		err = t.transaction(c, rec, h, eightBit, size, body)
+		var re *replyError
+		if err != nil && reused && (!errors.As(err, &re) || re.code == 421) && ctxDone(ctx) == nil {
+			// The kept session was closed under us (the server's idle
+			// timeout, or its 421): open a new one to the same host,
+			// blame nobody.
+			c.close()
+			c, reused = nil, false
+			continue
+		}
+		reused = false
 		switch {
 		case err == nil:
 			i++
@@ -314,7 +392,17 @@ func (e *sourceError) Unwrap() error { return e.err }
 // offers PIPELINING (RFC 2920) MAIL, RCPT and DATA go in one write: one
 // round trip instead of three.
 func (t *SMTPTarget) transaction(c *smtpConn, rec spool.Record, h *journal.Header, eightBit bool, size int64, body []byte) error {
+	if c.dirty {
+		// The last transaction on this session did not complete (a
+		// refusal dead-lettered its record): RFC 5321 §4.1.1.5, a clean
+		// state first. A completed one leaves it clean (§4.1.4).
+		if _, err := c.cmd("RSET", 2, "RSET"); err != nil {
+			return err
+		}
+		c.dirty = false
+	}
 	c.txns++
+	c.dirty = true // until the reply to the end of data says otherwise
 	mail := "MAIL FROM:<" + t.from + ">"
 	if eightBit {
 		if _, ok := c.ext["8BITMIME"]; ok {
@@ -385,6 +473,7 @@ func (t *SMTPTarget) transaction(c *smtpConn, rec spool.Record, h *journal.Heade
 	if code/100 != 2 {
 		return permanentIf(code, &replyError{host: c.host, cmd: "end of data", code: code, msg: msgText})
 	}
+	c.dirty = false
 	return nil
 }
 
@@ -430,6 +519,7 @@ type smtpConn struct {
 	tp      *textproto.Conn
 	ext     map[string]string // EHLO keywords (upper case) -> parameters
 	txns    int
+	dirty   bool        // a transaction was started and did not complete
 	lastMsg string      // text of the last reply
 	stop    func() bool // stops the context watch
 }
@@ -595,6 +685,12 @@ func rcptError(code int, err error) error {
 	return permanentIf(code, err)
 }
 
+// bind ties a kept session to the context of the send that takes it.
+func (c *smtpConn) bind(ctx context.Context) {
+	c.dc.rebind(ctx)
+	c.stop = context.AfterFunc(ctx, c.dc.cancel)
+}
+
 func (c *smtpConn) quit() {
 	c.dc.setStep(5 * time.Second)
 	_, _ = c.cmd("QUIT", 2, "QUIT")
@@ -624,6 +720,13 @@ func newDeadlineConn(c net.Conn, ctx context.Context, step time.Duration) *deadl
 }
 
 func (dc *deadlineConn) setStep(d time.Duration) { dc.step.Store(int64(d)) }
+
+// rebind gives a session kept open between sends the deadline of the next
+// send's context.
+func (dc *deadlineConn) rebind(ctx context.Context) {
+	dc.limit, _ = ctx.Deadline()
+	dc.cancelled.Store(false)
+}
 
 func (dc *deadlineConn) cancel() {
 	dc.cancelled.Store(true)

@@ -281,3 +281,34 @@ func checkRawDeadLetter(t *testing.T, dead *DeadLetters, target string, seq uint
 		t.Errorf("raw dead letter json: %+v", got.DeadLetter)
 	}
 }
+
+// TestSMTPKeepsSessionAcrossSends: the session kept open after a send is
+// used by the next one; when the server has closed it meanwhile (smtp-sink
+// -t 1: one second of silence ends a session), the next send opens a new
+// one to the same host and delivers, without an error or a failover.
+func TestSMTPKeepsSessionAcrossSends(t *testing.T) {
+	sink := startSMTPSink(t, "-t", "1")
+	dead, _ := newDead(t)
+	ts := newTestSpool(t)
+	for _, id := range []string{"lax-1", "lax-2", "lax-3"} {
+		ts.add(t, testHeader(id, testMsg), testMsg)
+	}
+	tg := newTarget(t, smtpConfig(bracket(sink.addr)), dead)
+	batch := ts.batch(t, 3)
+	if err := tg.Send(sendCtx(t), batch[:1]); err != nil {
+		t.Fatalf("first Send: %v", err)
+	}
+	if err := tg.Send(sendCtx(t), batch[1:2]); err != nil { // at once: the kept session
+		t.Fatalf("second Send: %v", err)
+	}
+	time.Sleep(1500 * time.Millisecond) // the server ends the kept session
+	if err := tg.Send(sendCtx(t), batch[2:]); err != nil {
+		t.Fatalf("Send after the server closed the kept session: %v", err)
+	}
+	if got := len(sink.byID(t)); got != 3 {
+		t.Fatalf("smtp-sink got %d reports, want 3", got)
+	}
+	if err := tg.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
