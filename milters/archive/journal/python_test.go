@@ -20,8 +20,11 @@ assert 'X-MS-Journal-Report' in m, 'no X-MS-Journal-Report'
 parts = m.get_payload()
 assert len(parts) == 2, len(parts)
 assert parts[0].get_content_type() == 'text/plain'
-sys.stdout.write(parts[0].get_payload(decode=True).decode('utf-8'))
-sys.stdout.write('\n----\n')
+# Everything through the binary buffer: mixing sys.stdout.write (the text
+# layer, buffered) with sys.stdout.buffer.write reorders the output unless
+# the environment makes stdout unbuffered.
+sys.stdout.buffer.write(parts[0].get_payload(decode=True))
+sys.stdout.buffer.write(b'\n----\n')
 assert parts[1].get_content_type() == 'message/rfc822'
 inner = parts[1].get_payload()[0]
 sys.stdout.buffer.write(inner.as_bytes(policy=email.policy.compat32.clone(linesep='\r\n')))
