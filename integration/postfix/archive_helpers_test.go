@@ -496,15 +496,23 @@ func (a *archiveSite) archiveBacklog(target string) (int64, error) {
 	return 0, fmt.Errorf("archive status: no target %q in %+v", target, st.Targets)
 }
 
-// arcEventually polls cond until it holds (true) or within passes (false), so
-// that the caller can say what is still missing.
-func arcEventually(within time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
+// missingReports waits up to within for the journal target name to have
+// received a report of every Message-ID in want, and returns those still
+// missing at the end (nil when none is).
+func (a *archiveSite) missingReports(t testing.TB, name string, want map[string]int, within time.Duration) []string {
+	t.Helper()
+	var lost []string
+	eventually(within, func() bool {
+		ds, err := a.targets[name].dumps()
+		if err != nil {
 			return false
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return true
+		got, _, err := arcReportMessageIDs(ds)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lost = arcMissing(want, got)
+		return len(lost) == 0
+	})
+	return lost
 }

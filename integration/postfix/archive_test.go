@@ -332,7 +332,7 @@ func TestArchiveSIGKILLUnderLoad(t *testing.T) {
 	var recs map[string]arcDirRecord
 	var err error
 	var lost []string
-	arcEventually(60*time.Second, func() bool {
+	eventually(60*time.Second, func() bool {
 		recs, err = a.dirRecords()
 		if err != nil {
 			return false
@@ -390,20 +390,8 @@ func TestArchiveDarkTarget(t *testing.T) {
 	darkTook := run("target b dark", "dark@client.arc.test", n)
 	delivered := a.delivery.waitDumps(t, 60*time.Second, before+n)
 	want := arcMessageIDs(delivered)
-	var lost []string
-	ok := arcEventually(60*time.Second, func() bool {
-		ds, err := a.targets["a"].dumps()
-		if err != nil {
-			return false
-		}
-		got, _, err := arcReportMessageIDs(ds)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lost = arcMissing(want, got)
-		return len(lost) == 0
-	})
-	if !ok {
+	lost := a.missingReports(t, "a", want, 60*time.Second)
+	if len(lost) > 0 {
 		t.Fatalf("while target b was dark, target a did not receive the reports of %d delivered messages: %v", len(lost), lost)
 	}
 	if got := a.targets["b"].count.Load(); got != before {
@@ -419,19 +407,8 @@ func TestArchiveDarkTarget(t *testing.T) {
 	// B returns and catches up.
 	a.brighten("b")
 	back := time.Now()
-	ok = arcEventually(90*time.Second, func() bool {
-		ds, err := a.targets["b"].dumps()
-		if err != nil {
-			return false
-		}
-		got, _, err := arcReportMessageIDs(ds)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lost = arcMissing(want, got)
-		return len(lost) == 0
-	})
-	if !ok {
+	lost = a.missingReports(t, "b", want, 90*time.Second)
+	if len(lost) > 0 {
 		t.Fatalf("after it returned, target b did not receive the reports of %d delivered messages: %v", len(lost), lost)
 	}
 	t.Logf("target b received the %d reports it missed %s after it returned", n, time.Since(back).Round(time.Millisecond))
@@ -460,7 +437,7 @@ func TestArchiveJournalFull(t *testing.T) {
 	const n = 120
 	r := a.smtpSource(2*time.Minute, "-m", fmt.Sprint(n), "-s", "2", "-l", "4000", "-f", "full@client.arc.test", "-t", "rcpt@acme.example")
 	var smtpIDs map[string]bool
-	arcEventually(20*time.Second, func() bool { // qmgr logs a moment after smtpd's reply
+	eventually(20*time.Second, func() bool { // qmgr logs a moment after smtpd's reply
 		smtpIDs, _ = a.queueIDs()
 		return len(smtpIDs)+r.tempfails >= n
 	})
@@ -499,20 +476,8 @@ func TestArchiveJournalFull(t *testing.T) {
 	})
 	want := arcMessageIDs(a.delivery.waitDumps(t, 10*time.Second, len(smtpIDs)))
 	a.brighten("vault")
-	var lost []string
-	ok := arcEventually(90*time.Second, func() bool {
-		ds, err := a.targets["vault"].dumps()
-		if err != nil {
-			return false
-		}
-		got, _, err := arcReportMessageIDs(ds)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lost = arcMissing(want, got)
-		return len(lost) == 0
-	})
-	if !ok {
+	lost := a.missingReports(t, "vault", want, 90*time.Second)
+	if len(lost) > 0 {
 		t.Fatalf("after the target returned, it did not receive the reports of %d accepted messages: %v", len(lost), lost)
 	}
 	// Room again: a new message is accepted.

@@ -423,7 +423,7 @@ func (s *session) section(st *milterrt.State) *trail.AccessSection {
 // (for recipient rcpt, at RCPT).
 func (s *session) hit(st *milterrt.State, r *rules.Rule, at stage, rcpt string) {
 	sec := s.section(st)
-	sec.Rules = append(sec.Rules, trail.RuleHit{ID: r.ID, Scope: r.Scope.String(), Action: string(r.Action), Stage: at.String(), Rcpt: rcpt})
+	sec.Rules = append(sec.Rules, verdict.Hit(r, at.String(), rcpt))
 }
 
 // decision turns a decisive restrictive rule into the runtime's decision

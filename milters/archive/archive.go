@@ -15,6 +15,7 @@ package archive
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"time"
 
@@ -226,19 +227,18 @@ func (m *Milter) plan(st *milterrt.State, sec *trail.ArchiveSection) plan {
 				pl.tenant = t.ID
 			}
 		}
-		var rule *rules.Rule
-		for _, r := range snap.Match(Name, verdict.Facts(st, rcpt)) {
-			rule = r
-			break
-		}
-		if rule == nil {
+		matched := snap.Match(Name, verdict.Facts(st, rcpt))
+		if len(matched) == 0 {
 			all = true
 			pl.journal = true
 			continue
 		}
+		rule := matched[0] // the first in precedence order decides
 		st.AddRuleID(rule.ID)
-		pl.ruleIDs = appendNew(pl.ruleIDs, rule.ID)
-		sec.Rules = append(sec.Rules, trail.RuleHit{ID: rule.ID, Scope: rule.Scope.String(), Action: string(rule.Action), Stage: "eom", Rcpt: rcpt})
+		if !slices.Contains(pl.ruleIDs, rule.ID) {
+			pl.ruleIDs = append(pl.ruleIDs, rule.ID)
+		}
+		sec.Rules = append(sec.Rules, verdict.Hit(rule, "eom", rcpt))
 		if rule.Action == rules.ActionSkip {
 			continue
 		}
@@ -274,15 +274,6 @@ func (m *Milter) plan(st *milterrt.State, sec *trail.ArchiveSection) plan {
 		}
 	}
 	return pl
-}
-
-func appendNew(xs []string, x string) []string {
-	for _, y := range xs {
-		if y == x {
-			return xs
-		}
-	}
-	return append(xs, x)
 }
 
 // headerValue is the first header field called name, unfolded.

@@ -80,8 +80,7 @@ func DefaultSettings(cfg *config.Config) *Settings {
 }
 
 // ConfigFrom returns the archive options of a loaded config (the defaults
-// when the config has no milters.archive section), with the target
-// defaults filled in.
+// when the config has no milters.archive section).
 func ConfigFrom(cfg *config.Config) *Settings {
 	o, ok := cfg.MilterOptions(Name).(*Settings)
 	if !ok {

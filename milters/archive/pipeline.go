@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -26,6 +27,7 @@ type pipeline struct {
 	dead    *target.DeadLetters
 	drainM  *drain.Metrics
 	targets []*targetRun // in config order
+	names   []string     // the targets' names, in config order; read only
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -59,7 +61,7 @@ func openPipeline(cfg *config.Config, j *JournalSettings, log zerolog.Logger, re
 	if err != nil {
 		return nil, fmt.Errorf("archive journal %s: %w", dir, err)
 	}
-	p := &pipeline{cfg: cfg, journal: j, log: log, spool: sp}
+	p := &pipeline{cfg: cfg, journal: j, log: log, spool: sp, names: names}
 	ok := false
 	defer func() {
 		if !ok {
@@ -120,22 +122,10 @@ func sendTimeout(batch int) time.Duration {
 	return max(5*time.Minute, time.Duration(batch)*2*time.Minute)
 }
 
-func (p *pipeline) hasTarget(name string) bool {
-	for _, t := range p.targets {
-		if t.cfg.Name == name {
-			return true
-		}
-	}
-	return false
-}
+func (p *pipeline) hasTarget(name string) bool { return slices.Contains(p.names, name) }
 
-func (p *pipeline) targetNames() []string {
-	out := make([]string, len(p.targets))
-	for i, t := range p.targets {
-		out[i] = t.cfg.Name
-	}
-	return out
-}
+// targetNames is shared, not copied: callers must not change it.
+func (p *pipeline) targetNames() []string { return p.names }
 
 // close gives the drainers up to flush to deliver what is pending, then
 // stops them and closes the spool.

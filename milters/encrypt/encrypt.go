@@ -24,6 +24,7 @@ package encrypt
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -183,21 +184,11 @@ type plan struct {
 }
 
 func (p *plan) needEncrypt() bool {
-	for _, r := range p.rcpts {
-		if r.encrypt {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(p.rcpts, func(r rcptPlan) bool { return r.encrypt })
 }
 
 func (p *plan) needTLS() bool {
-	for _, r := range p.rcpts {
-		if r.tls {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(p.rcpts, func(r rcptPlan) bool { return r.tls })
 }
 
 // EndOfMessage evaluates the triggers and applies the action.
@@ -369,7 +360,7 @@ func (m *Milter) record(st *milterrt.State, sec *trail.EncryptSection, pl *plan)
 			continue
 		}
 		st.AddRuleID(r.ID)
-		sec.Rules = append(sec.Rules, trail.RuleHit{ID: r.ID, Scope: r.Scope.String(), Action: string(r.Action), Stage: "eom", Rcpt: rp.rcpt})
+		sec.Rules = append(sec.Rules, verdict.Hit(r, "eom", rp.rcpt))
 		if r.Action == rules.ActionSkip || seen[r.ID] {
 			continue
 		}
@@ -380,7 +371,7 @@ func (m *Milter) record(st *milterrt.State, sec *trail.EncryptSection, pl *plan)
 			continue
 		}
 		for _, h := range pl.findings.Hits {
-			if name := detectorName(h.Detector); containsStr(r.Match.Detect, name) {
+			if name := detectorName(h.Detector); slices.Contains(r.Match.Detect, name) {
 				sec.Triggers = append(sec.Triggers, trail.EncryptTrigger{Kind: KindDetector, RuleID: r.ID, Detector: name, Count: h.Count})
 			}
 		}
@@ -413,21 +404,12 @@ func (m *Milter) unknownDetectors(pl *plan) []string {
 			continue
 		}
 		for _, d := range rp.rule.Match.Detect {
-			if !containsStr(m.detNames, d) && !containsStr(out, d) {
+			if !slices.Contains(m.detNames, d) && !slices.Contains(out, d) {
 				out = append(out, d)
 			}
 		}
 	}
 	return out
-}
-
-func containsStr(xs []string, x string) bool {
-	for _, y := range xs {
-		if y == x {
-			return true
-		}
-	}
-	return false
 }
 
 // markerValue says in the marker why the message is routed: the trigger
@@ -442,7 +424,7 @@ func markerValue(sec *trail.EncryptSection) string {
 		case t.RuleID != "":
 			v += "=" + t.RuleID
 		}
-		if !containsStr(parts, v) {
+		if !slices.Contains(parts, v) {
 			parts = append(parts, v)
 		}
 		if len(parts) == 5 {

@@ -168,7 +168,7 @@ func (s *session) resultRule(st *milterrt.State, rcpt string, f rules.Facts, che
 
 func (s *session) hit(st *milterrt.State, r *rules.Rule, stage, rcpt string) {
 	st.AddRuleID(r.ID)
-	s.sec.Rules = append(s.sec.Rules, trail.RuleHit{ID: r.ID, Scope: r.Scope.String(), Action: string(r.Action), Stage: stage, Rcpt: rcpt})
+	s.sec.Rules = append(s.sec.Rules, verdict.Hit(r, stage, rcpt))
 }
 
 // Default replies (the client sees only these short texts; the trail has

@@ -10,6 +10,7 @@ import (
 
 	"github.com/geomilter/geomilter/shared/milterrt"
 	"github.com/geomilter/geomilter/shared/rules"
+	"github.com/geomilter/geomilter/shared/trail"
 )
 
 // Reply is an SMTP reply: code, RFC 3463 enhanced code, text.
@@ -88,4 +89,10 @@ func reply(a milterrt.Action, r *rules.Rule) milterrt.Decision {
 		text = r.Reply.Text
 	}
 	return milterrt.Decision{Action: a, Code: code, Enhanced: enh, Text: text}
+}
+
+// Hit is the trail's record of rule r applied at stage (for rcpt, "" for
+// the whole transaction): the same fields in every milter's section.
+func Hit(r *rules.Rule, stage, rcpt string) trail.RuleHit {
+	return trail.RuleHit{ID: r.ID, Scope: r.Scope.String(), Action: string(r.Action), Stage: stage, Rcpt: rcpt}
 }
