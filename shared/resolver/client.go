@@ -455,6 +455,62 @@ func (c *Client) LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, e
 	return nil, errs[0]
 }
 
+// LookupIP returns host's addresses of one family, with
+// net.Resolver.LookupIP's signature: network "ip4" asks A records only,
+// "ip6" AAAA only, "ip" both (as LookupIPAddr). A DNSBL answer is an A
+// record (RFC 5782 §2.1), so asking AAAA too would double the queries for
+// records nobody reads. An IP literal of the family is returned as is; one
+// of the other family is not found.
+func (c *Client) LookupIP(ctx context.Context, network, host string) ([]net.IP, error) {
+	var qtype uint16
+	switch network {
+	case "ip":
+		addrs, err := c.LookupIPAddr(ctx, host)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]net.IP, len(addrs))
+		for i, a := range addrs {
+			out[i] = a.IP
+		}
+		return out, nil
+	case "ip4":
+		qtype = dns.TypeA
+	case "ip6":
+		qtype = dns.TypeAAAA
+	default:
+		return nil, net.UnknownNetworkError(network)
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		if ip.Unmap().Is4() != (qtype == dns.TypeA) {
+			return nil, &net.DNSError{Err: "no suitable address found", Name: host, IsNotFound: true}
+		}
+		if qtype == dns.TypeA {
+			ip = ip.Unmap()
+		}
+		return []net.IP{ip.AsSlice()}, nil
+	}
+	a, err := c.lookup(ctx, host, qtype)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.err(host); err != nil {
+		return nil, err
+	}
+	out := make([]net.IP, 0, len(a.rrs))
+	for _, rr := range a.rrs {
+		// Copies: the cached records must not be changed through what
+		// callers get.
+		switch v := rr.(type) {
+		case *dns.A:
+			out = append(out, slices.Clone(v.A.To4()))
+		case *dns.AAAA:
+			out = append(out, slices.Clone(v.AAAA.To16()))
+		}
+	}
+	return out, nil
+}
+
 // LookupMX returns the MX records of name sorted by preference; hosts are
 // fully qualified (trailing dot), as net.Resolver gives them.
 func (c *Client) LookupMX(ctx context.Context, name string) ([]*net.MX, error) {
