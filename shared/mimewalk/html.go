@@ -1,6 +1,7 @@
 package mimewalk
 
 import (
+	"bytes"
 	"html"
 	"io"
 )
@@ -11,6 +12,25 @@ import (
 func TextReader(p *Part, body io.Reader) io.Reader {
 	if p.MediaType == "text/html" {
 		return newHTMLText(body)
+	}
+	return body
+}
+
+// MaxLinkLen bounds an attribute value LinkReader hands to its callback;
+// longer values are cut there (a host comes early in a URL).
+const MaxLinkLen = 2048
+
+// LinkReader is TextReader that, for a text/html part, also calls link with
+// the value of every href and src attribute of a start tag, as the text is
+// read: character references decoded, spaces around trimmed, at most
+// MaxLinkLen bytes. The slice is valid only during the call. For any other
+// type link is never called. This lets a scanner find the URLs of a message
+// in the same single pass as its text, holding at most one bounded value.
+func LinkReader(p *Part, body io.Reader, link func(value []byte)) io.Reader {
+	if p.MediaType == "text/html" {
+		h := newHTMLText(body)
+		h.link = link
+		return h
 	}
 	return body
 }
@@ -39,7 +59,28 @@ type htmlText struct {
 	rawPos  int    // bytes of raw matched
 	dashes  int    // "-" seen in a comment, for "-->"
 	declPos int    // bytes of "<!--" matched after "<!"
+
+	// Attribute tracking for LinkReader (link != nil). It watches the bytes
+	// of a start tag beside the state machine above, never changing it, so
+	// that the text is the same with or without it.
+	link  func([]byte)
+	aSt   int     // aNone, aName, aAfterName, aBeforeValue, aValue
+	aName [4]byte // attribute name, lower case, first 4 bytes
+	aLen  int     // attribute name length (may exceed len(aName))
+	aQ    byte    // quote of the value being read, 0 when unquoted
+	aWant bool    // the value is an href or src
+	aVal  []byte  // the value read so far, at most MaxLinkLen bytes
+	aDec  []byte  // aVal with character references decoded
 }
+
+// States of the attribute tracker (HTML5 §13.2.5.32-38, simplified).
+const (
+	aNone        = iota // before an attribute name
+	aName               // in an attribute name
+	aAfterName          // after a name, "=" may follow
+	aBeforeValue        // after "="
+	aValue              // in a value
+)
 
 const (
 	hText    = iota
@@ -151,9 +192,12 @@ func (h *htmlText) step(c byte) {
 			}
 			return
 		}
-		h.state = hTag
+		h.state, h.aSt = hTag, aNone
 		h.step(c)
 	case hTag:
+		if h.link != nil && !h.endTag {
+			h.attr(c)
+		}
 		switch {
 		case h.quote != 0:
 			if c == h.quote {
@@ -221,5 +265,96 @@ func (h *htmlText) endOfTag() {
 		"section", "article", "header", "footer", "nav", "aside", "title",
 		"address", "form", "fieldset", "center", "body", "html", "head":
 		h.out = append(h.out, '\n')
+	}
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' }
+
+// attr follows the attributes of a start tag and reports href and src values.
+func (h *htmlText) attr(c byte) {
+	switch h.aSt {
+	case aNone:
+		if !isSpace(c) && c != '/' && c != '>' {
+			h.aSt, h.aLen = aName, 0
+			h.attrName(c)
+		}
+	case aAfterName:
+		switch {
+		case isSpace(c):
+		case c == '=':
+			h.aSt = aBeforeValue
+		case c == '/' || c == '>':
+			h.aSt = aNone
+		default:
+			h.aSt, h.aLen = aName, 0
+			h.attrName(c)
+		}
+	case aName:
+		switch {
+		case isSpace(c):
+			h.aSt = aAfterName
+		case c == '=':
+			h.aSt = aBeforeValue
+		case c == '/' || c == '>':
+			h.aSt = aNone
+		default:
+			h.attrName(c)
+		}
+	case aBeforeValue:
+		if isSpace(c) {
+			return
+		}
+		if c == '>' {
+			h.aSt = aNone
+			return
+		}
+		n := string(h.aName[:min(h.aLen, len(h.aName))])
+		h.aWant = h.aLen <= len(h.aName) && (n == "href" || n == "src")
+		h.aSt, h.aQ, h.aVal = aValue, 0, h.aVal[:0]
+		if c == '"' || c == '\'' {
+			h.aQ = c
+			return
+		}
+		h.attrValue(c)
+	case aValue:
+		if h.aQ != 0 && c == h.aQ || h.aQ == 0 && (isSpace(c) || c == '>') {
+			h.aSt = aNone
+			h.emitLink()
+			return
+		}
+		h.attrValue(c)
+	}
+}
+
+func (h *htmlText) attrName(c byte) {
+	if h.aLen < len(h.aName) {
+		h.aName[h.aLen] = lower(c)
+	}
+	h.aLen++
+}
+
+func (h *htmlText) attrValue(c byte) {
+	if h.aWant && len(h.aVal) < MaxLinkLen {
+		if h.aVal == nil {
+			h.aVal = make([]byte, 0, 256)
+		}
+		h.aVal = append(h.aVal, c)
+	}
+}
+
+// emitLink hands a complete href or src value to the callback.
+func (h *htmlText) emitLink() {
+	if !h.aWant {
+		return
+	}
+	h.aWant = false
+	v := h.aVal
+	if bytes.IndexByte(v, '&') >= 0 {
+		h.aDec = append(h.aDec[:0], html.UnescapeString(string(v))...)
+		v = h.aDec
+	}
+	v = bytes.TrimSpace(v)
+	if len(v) > 0 {
+		h.link(v)
 	}
 }
