@@ -26,6 +26,8 @@ type Snapshot struct {
 	tenantBySASL   map[string]*Tenant
 	relayNets      prefixTable // values index set.Tenants
 	signing        signingIndex
+	// scanners caches each milter's Scanner (scan.go), built on first use.
+	scanners map[string]*scannerSlot
 
 	version  string
 	sumOnce  sync.Once
@@ -49,6 +51,10 @@ func Compile(set *Set) (*Snapshot, error) {
 		tenantByDomain: make(map[string]*Tenant),
 		tenantBySASL:   make(map[string]*Tenant),
 		version:        own.Version,
+		scanners:       make(map[string]*scannerSlot),
+	}
+	for _, m := range Milters() {
+		s.scanners[m] = &scannerSlot{}
 	}
 	for i := range own.Tenants {
 		t := &own.Tenants[i]
@@ -73,11 +79,18 @@ func Compile(set *Set) (*Snapshot, error) {
 		}
 	}
 	slab := make([]conds, 0, slabSize) // never grows, so pointers into it stay valid
+	scanSlots := make(map[string]int32)
 	for rank, i := range order {
 		r := &own.Rules[i]
 		s.crules[rank] = compileRule(r, s.tenantByID, &slab)
 		if !r.Enabled {
 			continue
+		}
+		if r.Match.HasScan() {
+			// Slots number a milter's enabled scan rules in precedence
+			// order; its Scanner keeps per-slot state in the same order.
+			s.crules[rank].scan = scanSlots[r.Milter]
+			scanSlots[r.Milter]++
 		}
 		ix := s.milters[r.Milter]
 		if ix == nil {
@@ -458,6 +471,7 @@ type crule struct {
 	res         uint8 // result condition bits (rSPF, rDMARC, rDetect)
 	dir         Direction
 	scopeKind   ScopeKind
+	scan        int32 // slot in the milter's Scanner, -1: no scan keys (fits the padding before scopeDomain)
 	scopeDomain string
 	scopeTenant *Tenant
 	ips         []netip.Prefix
@@ -478,7 +492,7 @@ type conds struct {
 
 func compileRule(r *Rule, tenants map[string]*Tenant, slab *[]conds) crule {
 	m := &r.Match
-	c := crule{rule: r, dir: m.Direction, scopeKind: r.Scope.Kind, ips: m.ClientIP}
+	c := crule{rule: r, dir: m.Direction, scopeKind: r.Scope.Kind, ips: m.ClientIP, scan: -1}
 	if len(m.SPF) > 0 {
 		c.res |= rSPF
 	}

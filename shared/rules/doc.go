@@ -11,5 +11,9 @@
 // (atomic.Pointer). Save and LoadSaved keep the last snapshot on local disk so
 // a restart with Redis down still has current tables.
 //
+// The policy milter's scan keys (body, attachment, size, url_domain) are
+// decided by a Scanner compiled once per Snapshot: one pass over the
+// message feeds a Scan, and Match reads what the Scan recorded (scan.go).
+//
 // docs/rules.md describes the file format, scopes and precedence for users.
 package rules

@@ -21,6 +21,7 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add([]byte("rules:\n  - {id: a, milter: access, scope: global, match: {sender: [\"<>\", .x.example]}, action: allow}\n"))
 	f.Add([]byte("tenants: [{id: t, domains: [a.example], relay: {networks: [\"::ffff:1.2.3.0/120\"]}}]\n"))
+	f.Add([]byte("rules:\n  - {id: s, milter: policy, scope: global, score: 1.5, match: {body: [\"/a+b/\", x], attachment: [\"*.exe\"], size: [\">1k\"], url_domain: [a.example]}}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		set, err := Parse("fuzz.yaml", data)
 		if err != nil {
@@ -56,6 +57,7 @@ func FuzzRuleFromDoc(f *testing.F) {
 	f.Add("r2", []byte(`{"milter":"access","scope":"tenant:a","action":"tempfail","rate":{"key":"sender","limit":5,"per":"90s"}}`))
 	f.Add("r3", []byte(`{"milter":"policy","scope":"domain:x.example","match":{"subject":["/a+/"],"header":["X-A: b"]},"action":"quarantine","enabled":false}`))
 	f.Add("r4", []byte(`{"milter":"access","scope":"global","action":"reject","match":{"sender":["<>"],"direction":"inbound"},"priority":-3}`))
+	f.Add("r5", []byte(`{"milter":"policy","scope":"global","match":{"body":["/v[i1]agra/","GTUBE"],"attachment":["exe","*.JS"],"size":[">5 MB"],"url_domain":["Bad.Example."]},"score":-2.5}`))
 	f.Add("x", []byte(`null`))
 	f.Fuzz(func(t *testing.T, id string, doc []byte) {
 		r, err := RuleFromDoc(id, json.RawMessage(doc))

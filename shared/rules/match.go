@@ -43,6 +43,13 @@ type Facts struct {
 	// when one of its values is here. Nil (detectors not run) satisfies
 	// no detect condition.
 	Detected []string
+
+	// Scan is the message's scan (Scanner.NewScan of this Snapshot and
+	// milter, fed the whole message): the scan keys (body, attachment,
+	// size, url_domain) hold as it recorded. Nil — or a Scan of another
+	// Snapshot or milter — means "not scanned": a rule with a scan key
+	// never matches then.
+	Scan *Scan
 }
 
 // Result condition bits of a compiled rule (crule.res).
@@ -68,6 +75,7 @@ type query struct {
 	content    contentFacts
 	spf, dmarc string
 	detected   []string
+	scan       *Scan
 }
 
 func (s *Snapshot) prepare(f *Facts) query {
@@ -114,7 +122,9 @@ func (s *Snapshot) prepare(f *Facts) query {
 // tempfail, discard, quarantine, relay_deny, …) before permissive ones
 // (allow, relay_permit), then by id. Rate rules are included; the caller
 // counts them. Content conditions (subject, header) are evaluated when
-// f.ContentKnown; before, a rule with one does not match.
+// f.ContentKnown; before, a rule with one does not match. Scan keys (body,
+// attachment, size, url_domain) hold as f.Scan recorded them; without a
+// Scan a rule with one does not match.
 // The rules are shared and must not be modified.
 func (s *Snapshot) Match(milter string, f Facts) []*Rule {
 	ix := s.milters[milter]
@@ -122,6 +132,9 @@ func (s *Snapshot) Match(milter string, f Facts) []*Rule {
 		return nil
 	}
 	q := s.prepare(&f)
+	if f.Scan != nil && f.Scan.sc.snap == s && f.Scan.sc.milter == milter {
+		q.scan = f.Scan
+	}
 	var buf [64]int32
 	cands := ix.candidates(buf[:0], &q)
 	if len(cands) == 0 {
@@ -234,6 +247,9 @@ func (c *crule) matches(q *query) bool {
 			c.res&rDetect != 0 && !slices.ContainsFunc(m.Detect, func(d string) bool { return slices.Contains(q.detected, d) }) {
 			return false
 		}
+	}
+	if c.scan >= 0 && (q.scan == nil || !q.scan.holds(c.scan)) {
+		return false
 	}
 	if c.has == 0 {
 		return true

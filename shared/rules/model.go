@@ -48,8 +48,11 @@ type Rule struct {
 	Reply    Reply // zero: the milter's default reply for the action
 	Rate     *Rate // non-nil: a rate rule; Action applies once the limit is exceeded
 	Priority int   // lower first, within a scope
-	Enabled  bool
-	Comment  string
+	// Score is what a matching policy rule with action score adds to the
+	// message's spam score (negative lowers it); |Score| <= MaxScore.
+	Score   float64
+	Enabled bool
+	Comment string
 	// Targets names the archive targets (milters.archive.journal.targets)
 	// a matching archive rule journals to; empty means every target.
 	// Archive rules with action archive only.
@@ -112,6 +115,24 @@ type Match struct {
 	// detectors fired on the message (Facts.Detected); the milter runs its
 	// detectors only when an enabled rule has this key.
 	Detect []string
+	// Body, Attachment, Size and URLDomain are the scan keys (policy rules
+	// only), decided from one pass over the message body (Scanner, scan.go):
+	// Body patterns (the subject pattern language) match within one decoded
+	// text line; Attachment values are file name globs ("*.exe") or a name
+	// extension or sniffed type ("exe"); Size values are comparisons on the
+	// message size (">5MB"), all of which must hold; URLDomain values are
+	// domains a URL's host equals or lies below. Facts without a Scan
+	// satisfy none of them.
+	Body       []string
+	Attachment []string
+	Size       []string
+	URLDomain  []string
+}
+
+// HasScan reports whether m has a scan key (body, attachment, size,
+// url_domain), which only a Scan of the message can satisfy.
+func (m *Match) HasScan() bool {
+	return len(m.Body) > 0 || len(m.Attachment) > 0 || len(m.Size) > 0 || len(m.URLDomain) > 0
 }
 
 // IsEmpty reports whether m has no condition at all.
@@ -119,7 +140,7 @@ func (m *Match) IsEmpty() bool {
 	return len(m.ClientIP) == 0 && len(m.ClientName) == 0 && len(m.Helo) == 0 &&
 		len(m.Sender) == 0 && len(m.Rcpt) == 0 && len(m.SenderDomain) == 0 &&
 		len(m.RcptDomain) == 0 && len(m.SASLUser) == 0 && m.Direction == DirectionUnknown &&
-		len(m.Subject) == 0 && len(m.Header) == 0 && !m.HasResults() && len(m.Detect) == 0
+		len(m.Subject) == 0 && len(m.Header) == 0 && !m.HasResults() && len(m.Detect) == 0 && !m.HasScan()
 }
 
 // HasResults reports whether m has conditions on check results (spf,
@@ -234,7 +255,15 @@ const (
 	// ActionRequireTLS sends the message through a transport that
 	// delivers only over TLS (encrypt rules; docs/encrypt.md).
 	ActionRequireTLS Action = "require_tls"
+	// ActionScore adds the rule's Score to the message's spam score (policy
+	// rules; the milter sums the scores of every matching score rule and
+	// compares the total with the tenant's thresholds, docs/policy.md).
+	ActionScore Action = "score"
 )
+
+// MaxScore bounds |Rule.Score|: larger values are almost certainly typos
+// and would make every threshold meaningless.
+const MaxScore = 1000
 
 type actionInfo struct {
 	name Action
@@ -269,6 +298,7 @@ var actionTable = []struct {
 		{ActionQuarantine, true, 0},
 		{ActionGreylist, true, 4},
 		{ActionTag, true, 0},
+		{ActionScore, false, 0},
 	}},
 	// For archive and encrypt the "restrictive" choice is the one that
 	// keeps the guarantee (journal it, encrypt it) rather than waives it.
@@ -496,6 +526,10 @@ func (r *Rule) cloneSlices() {
 	m.SPF = slices.Clone(m.SPF)
 	m.DMARC = slices.Clone(m.DMARC)
 	m.Detect = slices.Clone(m.Detect)
+	m.Body = slices.Clone(m.Body)
+	m.Attachment = slices.Clone(m.Attachment)
+	m.Size = slices.Clone(m.Size)
+	m.URLDomain = slices.Clone(m.URLDomain)
 	if r.Rate != nil {
 		rate := *r.Rate
 		r.Rate = &rate

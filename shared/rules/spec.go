@@ -38,6 +38,7 @@ type ruleSpec struct {
 	Reply    string    `yaml:"reply" json:"reply,omitempty"`
 	Rate     *rateSpec `yaml:"rate" json:"rate,omitempty"`
 	Priority int       `yaml:"priority" json:"priority,omitempty"`
+	Score    float64   `yaml:"score" json:"score,omitempty"`
 	Enabled  *bool     `yaml:"enabled" json:"enabled,omitempty"`
 	Comment  string    `yaml:"comment" json:"comment,omitempty"`
 	Targets  []string  `yaml:"targets" json:"targets,omitempty"`
@@ -58,6 +59,10 @@ type matchSpec struct {
 	SPF          []string `yaml:"spf" json:"spf,omitempty"`
 	DMARC        []string `yaml:"dmarc" json:"dmarc,omitempty"`
 	Detect       []string `yaml:"detect" json:"detect,omitempty"`
+	Body         []string `yaml:"body" json:"body,omitempty"`
+	Attachment   []string `yaml:"attachment" json:"attachment,omitempty"`
+	Size         []string `yaml:"size" json:"size,omitempty"`
+	URLDomain    []string `yaml:"url_domain" json:"url_domain,omitempty"`
 }
 
 type rateSpec struct {
@@ -75,12 +80,17 @@ func (s *ruleSpec) toRule() (Rule, problems) {
 		Milter:   strings.TrimSpace(s.Milter),
 		Action:   Action(strings.TrimSpace(s.Action)),
 		Priority: s.Priority,
+		Score:    s.Score,
 		Enabled:  s.Enabled == nil || *s.Enabled,
 		Comment:  s.Comment,
 		Targets:  s.Targets,
 	}
 	if r.ID == "" {
 		ps.add("id", "required")
+	}
+	if r.Action == "" && r.Score != 0 && r.Milter == "policy" {
+		// "score: 2" says what the rule does; action score is implied.
+		r.Action = ActionScore
 	}
 	if r.Milter == "" {
 		ps.add("milter", "required (one of: %s)", strings.Join(Milters(), ", "))
@@ -144,6 +154,10 @@ func (s *ruleSpec) toRule() (Rule, problems) {
 	r.Match.SPF = m.SPF
 	r.Match.DMARC = m.DMARC
 	r.Match.Detect = m.Detect
+	r.Match.Body = m.Body
+	r.Match.Attachment = m.Attachment
+	r.Match.Size = m.Size
+	r.Match.URLDomain = m.URLDomain
 	if strings.TrimSpace(m.Direction) != "" {
 		d, err := ParseDirection(m.Direction)
 		if err != nil {
@@ -208,6 +222,7 @@ func ruleToSpec(r *Rule) ruleSpec {
 		Action:   string(r.Action),
 		Reply:    r.Reply.String(),
 		Priority: r.Priority,
+		Score:    r.Score,
 		Comment:  r.Comment,
 		Targets:  r.Targets,
 	}
@@ -235,6 +250,10 @@ func ruleToSpec(r *Rule) ruleSpec {
 	s.Match.SPF = m.SPF
 	s.Match.DMARC = m.DMARC
 	s.Match.Detect = m.Detect
+	s.Match.Body = m.Body
+	s.Match.Attachment = m.Attachment
+	s.Match.Size = m.Size
+	s.Match.URLDomain = m.URLDomain
 	return s
 }
 

@@ -3,6 +3,7 @@ package rules
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
 	"sort"
@@ -242,9 +243,16 @@ func normDomains(vs []string) {
 // dots, unmapped prefixes) so matching is a plain comparison.
 func (r *Rule) normalize() {
 	m := &r.Match
-	for _, vs := range []*[]string{&m.ClientName, &m.Helo, &m.Sender, &m.Rcpt, &m.SenderDomain, &m.RcptDomain, &m.SASLUser, &m.Subject, &m.Header, &m.SPF, &m.DMARC, &m.Detect} {
+	for _, vs := range []*[]string{&m.ClientName, &m.Helo, &m.Sender, &m.Rcpt, &m.SenderDomain, &m.RcptDomain, &m.SASLUser, &m.Subject, &m.Header, &m.SPF, &m.DMARC, &m.Detect, &m.Body, &m.Attachment, &m.Size, &m.URLDomain} {
 		nilIfEmpty(vs)
 	}
+	for i, v := range m.Attachment {
+		m.Attachment[i] = strings.ToLower(strings.TrimSpace(v))
+	}
+	for i, v := range m.Size {
+		m.Size[i] = strings.TrimSpace(v)
+	}
+	normDomains(m.URLDomain)
 	lowerAll(m.SPF)
 	lowerAll(m.DMARC)
 	for i, v := range m.Detect {
@@ -362,6 +370,26 @@ func (r *Rule) check() problems {
 	ps = append(ps, r.checkResults(actionOK)...)
 	ps = append(ps, r.checkTargets()...)
 	ps = append(ps, r.checkDetect()...)
+	ps = append(ps, r.checkScore(actionOK)...)
+	return ps
+}
+
+// checkScore: a policy rule either adds a score (action score, a non-zero
+// finite score) or takes an action; never both, so what a rule does is
+// read off one key.
+func (r *Rule) checkScore(actionOK bool) problems {
+	var ps problems
+	sc := r.Score
+	switch {
+	case math.IsNaN(sc) || math.IsInf(sc, 0) || math.Abs(sc) > MaxScore:
+		ps.add("score", "must be a number between -%d and %d, got %v", MaxScore, MaxScore, sc)
+	case sc != 0 && r.Milter != "policy":
+		ps.add("score", "scores are the policy milter's; use score in policy rules only")
+	case sc != 0 && actionOK && r.Action != ActionScore:
+		ps.add("score", "a rule adds a score or takes an action: remove score or action %s", r.Action)
+	case sc == 0 && r.Action == ActionScore:
+		ps.add("score", "action score needs a non-zero score (e.g. score: 2.5); a rule adds a score or takes an action")
+	}
 	return ps
 }
 
@@ -461,10 +489,10 @@ func (r *Rule) checkResults(actionOK bool) problems {
 	if r.Rate != nil {
 		ps.add("rate", "a rule on spf or dmarc results cannot be a rate rule")
 	}
-	if len(m.DMARC) == 0 && m.HasContent() {
+	if len(m.DMARC) == 0 && (m.HasContent() || m.HasScan()) {
 		// Without dmarc the rule is decided per recipient at RCPT, before
 		// the content exists (docs/policy.md).
-		ps.add("match.spf", "a rule on spf alone is decided at RCPT, before the content: remove subject and header, or add a dmarc condition")
+		ps.add("match.spf", "a rule on spf alone is decided at RCPT, before the content: remove subject, header and the scan keys (body, attachment, size, url_domain), or add a dmarc condition")
 	}
 	return ps
 }
@@ -505,6 +533,21 @@ func (m *Match) check(milter string) problems {
 	each("sasl_user", m.SASLUser, checkName)
 	each("subject", m.Subject, checkContentPattern)
 	each("header", m.Header, checkHeaderPattern)
+	each("body", m.Body, checkContentPattern)
+	each("attachment", m.Attachment, checkAttachment)
+	each("size", m.Size, func(v string) error { _, err := parseSize(v); return err })
+	each("url_domain", m.URLDomain, checkURLDomain)
+	if milter != "policy" {
+		// Only the policy milter walks the body (docs/rules.md).
+		for _, k := range []struct {
+			key string
+			vs  []string
+		}{{"body", m.Body}, {"attachment", m.Attachment}, {"size", m.Size}, {"url_domain", m.URLDomain}} {
+			if len(k.vs) > 0 {
+				ps.add("match."+k.key, "%s is a scan key of the policy milter (it walks the message body); use it in policy rules only", k.key)
+			}
+		}
+	}
 	if m.Direction > Outbound {
 		ps.add("match.direction", "unknown direction %d", m.Direction)
 	}
