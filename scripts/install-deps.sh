@@ -4,17 +4,19 @@
 # demo's redis-cli), postfix (real MTA: postfix, postconf, sendmail, smtp-source,
 # smtp-sink), swaks with TLS (libnet-ssleay-perl, libio-socket-ssl-perl: the STARTTLS
 # tests), iproute2 + iptables (network namespaces, dark-site drills), curl (metrics and
-# /healthz scrapes), procps. Idempotent; needs root only when something is missing.
+# /healthz scrapes), procps, rspamd + spamd and spamassassin (the real scanners the
+# tests of milters/policy/scanner ask). Idempotent; needs root only when something is missing.
 # Never starts the distribution's own services, and never writes /etc/postfix/main.cf
 # (Postfix is preseeded "No configuration": the tests run their own instances).
 #   --bench  also the peers scripts/bench-compare.sh measures against (opendkim,
-#            opendmarc, rspamd), dnsmasq-base (their DNS, on loopback) and strace;
+#            opendmarc; rspamd is installed for the tests), dnsmasq-base (their DNS,
+#            on loopback) and strace;
 #            not needed by the tests or CI.
 # Exit status non-zero, with apt's own error text, when anything cannot be installed.
 set -euo pipefail
 pkgs=(redis-server redis-tools postfix swaks libnet-ssleay-perl libio-socket-ssl-perl python3-dkim
-	openssl gnupg iproute2 iptables ca-certificates procps curl)
-[ "${1:-}" = --bench ] && pkgs+=(opendkim opendkim-tools opendmarc rspamd dnsmasq-base strace)
+	openssl gnupg iproute2 iptables ca-certificates procps curl rspamd spamd spamassassin)
+[ "${1:-}" = --bench ] && pkgs+=(opendkim opendkim-tools opendmarc dnsmasq-base strace)
 missingPkgs() {
 	local p
 	for p in "${pkgs[@]}"; do
