@@ -177,7 +177,8 @@ start dnsmasq dnsmasq --keep-in-foreground --no-resolv --no-hosts --no-poll --us
 	--txt-record=load.example,"v=spf1 ip4:198.18.0.0/15 ip4:127.0.0.0/8 -all" \
 	--txt-record=bench._domainkey.load.example,"v=DKIM1; k=rsa; p=$DKIMKEY" \
 	--host-record=load.example,198.18.255.254 --mx-host=load.example,mx.load.example,10 \
-	--host-record=mx.load.example,198.18.255.253 --host-record=client.load.example,$CLIENT
+	--host-record=mx.load.example,198.18.255.253 --host-record=client.load.example,$CLIENT \
+	--host-record="$(echo $CLIENT | awk -F. '{print $4"."$3"."$2"."$1}').bl.bench.example,127.0.0.2"
 # Sockets: a setgid directory of group postfix, so Postfix's smtpd and cleanup
 # (user postfix) can reach the milters' 0660 sockets.
 SOCK=$work/sock
@@ -216,7 +217,13 @@ trail:
 metrics: {listen: "127.0.0.1:9464"}
 milters:
   access:  {listen: "unix:$SOCK/access.sock"}
-  policy:  {listen: "unix:$SOCK/policy.sock"}
+  policy:
+    listen: "unix:$SOCK/policy.sock"
+    # Issue 15: the client is looked up in a block list that lists it
+    # (weight 1, below every threshold) and an allow list that does not;
+    # the resolver's cache answers after the first message.
+    dnsbl: [{zone: bl.bench.example, weight: 1}]
+    dnswl: [{zone: wl.bench.example, weight: -1}]
   archive:
     listen: "unix:$SOCK/archive.sock"
     # The journal goes to a journal mailbox (an smtp-sink) as envelope
@@ -245,6 +252,16 @@ rules:
   # routed); archive: every message journaled (no archive rules: the default).
   - {id: cards, milter: encrypt, scope: tenant:bench, match: {direction: inbound, detect: [card, iban]}, action: encrypt}
 EOF
+# Issue 15: 1,000 policy content rules that score (none matches the bench
+# message, so every one is evaluated on every message): 700 body
+# substrings, 100 body regexes, 100 subject, 50 attachment, 50 url_domain.
+awk 'BEGIN {
+	for (i = 0; i < 700; i++) printf "  - {id: body-%d, milter: policy, match: {body: [\"bench phrase number %d\"]}, score: 1}\n", i, i
+	for (i = 0; i < 100; i++) printf "  - {id: bodyre-%d, milter: policy, match: {body: [\"/offer-%d[0-9]+x/\"]}, score: 1}\n", i, i
+	for (i = 0; i < 100; i++) printf "  - {id: subject-%d, milter: policy, match: {subject: [\"cheap thing %d\"]}, score: 1}\n", i, i
+	for (i = 0; i < 50; i++) printf "  - {id: attach-%d, milter: policy, match: {attachment: [\"*.ext%d\"]}, score: 1}\n", i, i
+	for (i = 0; i < 50; i++) printf "  - {id: url-%d, milter: policy, match: {url_domain: [\"d%d.bad.example\"]}, score: 1}\n", i, i
+}' >> "$work/gm/rules.yaml"
 nsrun "$BIN" check-config --config "$work/gm/geomilter.yaml" >&2 || die "geomilter config invalid"
 nsrun "$BIN" ctl --config "$work/gm/geomilter.yaml" rules apply -f "$work/gm/rules.yaml" > "$work/log/ctl.log" 2>&1 ||
 	die "geomilter ctl rules apply: $(tail -5 "$work/log/ctl.log")"
@@ -731,6 +748,11 @@ done
 # opendkim + opendmarc through Postfix and against opendkim over the protocol.
 verdict "Postfix + policy alone / Postfix + opendkim + opendmarc" "$(ratio_med "$PF_TSV" policy-alone c-peers 3)" ">=" 1.15
 verdict "protocol: policy (SPF + DKIM + DMARC) / opendkim (verify)" "$(ratio_med "$PROTO_TSV" policy opendkim 3)" ">=" 1.5
+# Issue 15: policy with part 1, two lists (cached), 1,000 content rules and
+# scoring, against rspamd through its milter proxy.
+if [ $have_rspamd = 1 ]; then
+	verdict "Postfix + policy (lists, 1,000 content rules, scoring) / Postfix + rspamd" "$(ratio_med "$PF_TSV" policy-alone d-rspamd 3)" ">=" 1
+fi
 verdict "protocol: access / no-op floor (go-milter)" "$(floor_ratio access)" ">=" 1
 # Issue 6 held the stubs to the no-op floor. Archive now journals every
 # message durably (an fsync per message, shared by concurrent sessions) and

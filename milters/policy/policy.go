@@ -4,27 +4,37 @@
 // DNS budget per message — writes one Authentication-Results header (RFC
 // 8601), removes forged ones, applies what each tenant says to do with the
 // results (rules with spf and dmarc conditions, docs/policy.md), and signs
-// outbound mail with DKIM. DNSBL, greylisting, content scoring come later.
+// outbound mail with DKIM. Part 2 (issue 15, spam.go) adds DNSBL, DNSWL
+// and URIBL lists, greylisting over the state shared by the sites, content
+// rules on a streaming MIME walk, rspamd and spamd as optional scanners,
+// and a score judged per tenant (tag, quarantine, reject).
 //
 // The checks live in subpackages (spfcheck, dkimcheck, dmarc, authres); this
 // package is the session that runs them at the right stage, decides, edits
-// the message and fills the trail section.
+// the message and fills the trail section. Lists, greylisting, the MIME walk
+// and the scanners live in subpackages too (dnsbl, greylist, content,
+// scanner).
 package policy
 
 import (
 	"errors"
 	"fmt"
+	"io"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/geomilter/geomilter/milters/policy/dnsbl"
+	"github.com/geomilter/geomilter/milters/policy/greylist"
+	"github.com/geomilter/geomilter/milters/policy/scanner"
 	"github.com/geomilter/geomilter/shared/config"
 	"github.com/geomilter/geomilter/shared/milterrt"
 	"github.com/geomilter/geomilter/shared/resolver"
 	"github.com/geomilter/geomilter/shared/rules"
 	"github.com/geomilter/geomilter/shared/service"
+	"github.com/geomilter/geomilter/shared/state"
 )
 
 // Name is the milter's name in config (milters.policy) and in trail events.
@@ -44,12 +54,22 @@ type Milter struct {
 	met    metrics
 	// plan caches, per rules snapshot, what DecidesAt needs to know.
 	plan atomic.Pointer[plan]
+
+	// Part 2.
+	ipLists  []dnsbl.List // dnsbl and dnswl, looked up at MAIL
+	lists    listIndex    // every list by kind and zone
+	grey     *greylist.Greylister
+	scanners *scanner.Set
+	builtin  *rules.Snapshot // default content rules; nil when off
+	// listRefusals: some IP list rejects or tempfails directly.
+	listRefusals bool
 }
 
 var (
 	_ milterrt.Milter      = (*Milter)(nil)
 	_ milterrt.Decider     = (*Milter)(nil)
 	_ milterrt.MessageUser = (*Milter)(nil)
+	_ io.Closer            = (*Milter)(nil)
 )
 
 // New builds the policy milter from the process environment: the process's
@@ -70,7 +90,7 @@ func New(env *service.Env) (milterrt.Milter, error) {
 	}
 	return NewMilter(Options{
 		Rules: env.Rules, DNS: dns, Settings: ConfigFrom(cfg), MessageBudget: budget,
-		Clock: env.Clock, Log: env.Log, Registerer: env.Registry,
+		Clock: env.Clock, Log: env.Log, Registerer: env.Registry, Store: env.Store,
 	})
 }
 
@@ -80,9 +100,11 @@ type Options struct {
 	DNS           resolver.Resolver
 	Settings      *Settings
 	MessageBudget time.Duration
-	Clock         func() time.Time // DKIM signature time; nil: time.Now
+	Clock         func() time.Time // DKIM signature time, greylist delays; nil: time.Now
 	Log           zerolog.Logger
 	Registerer    prometheus.Registerer
+	// Store keeps the greylist triplets; nil: one in process memory.
+	Store state.Backend
 }
 
 // NewMilter builds the milter from its parts.
@@ -113,7 +135,54 @@ func NewMilter(o Options) (*Milter, error) {
 	if m.met, err = newMetrics(o.Registerer); err != nil {
 		return nil, err
 	}
+	if err := m.part2(o); err != nil {
+		return nil, err
+	}
 	return m, nil
+}
+
+// part2 builds the lists, the greylister, the scanners and the built-in
+// content rules from the settings.
+func (m *Milter) part2(o Options) error {
+	st := o.Settings
+	m.ipLists = append(append([]dnsbl.List(nil), st.DNSBL...), st.DNSWL...)
+	m.lists = newListIndex(st)
+	for _, l := range st.DNSBL {
+		if l.Action == string(rules.ActionReject) || l.Action == string(rules.ActionTempfail) {
+			m.listRefusals = true
+		}
+	}
+	store := o.Store
+	if store == nil {
+		store = state.NewMemStore(o.Clock)
+	}
+	var err error
+	gs := st.Greylist
+	if gs == (greylist.Settings{}) { // Settings built in code without greylisting
+		gs = greylist.DefaultSettings()
+	}
+	if m.grey, err = greylist.New(store, gs, o.Clock, o.Log, o.Registerer); err != nil {
+		return fmt.Errorf("policy: greylist: %w", err)
+	}
+	if len(st.Scanners) > 0 {
+		if m.scanners, err = scanner.NewSet(st.Scanners, o.Log, o.Registerer); err != nil {
+			return fmt.Errorf("policy: scanners: %w", err)
+		}
+	}
+	if st.Scoring.DefaultRules {
+		if m.builtin, err = builtinRules(); err != nil {
+			return fmt.Errorf("policy: built-in rules: %w", err)
+		}
+	}
+	return nil
+}
+
+// Close implements io.Closer: the scanners' connections and probes stop.
+func (m *Milter) Close() error {
+	if m.scanners != nil {
+		return m.scanners.Close()
+	}
+	return nil
 }
 
 // Name implements milterrt.Milter.
@@ -139,13 +208,16 @@ func (*Milter) Modifications() milterrt.Modifications {
 	return milterrt.MayAddHeader | milterrt.MayChangeHeader | milterrt.MayQuarantine
 }
 
-// DecidesAt implements milterrt.Decider. Everything is decided at end of
-// message (DMARC needs the whole message), where Postfix always waits;
-// RCPT waits for a reply only while a rule refuses recipients on their
-// tenant's SPF result. SPF itself runs at MAIL, which Postfix does not wait
-// for: its look-ups overlap the client's RCPT and DATA.
+// DecidesAt implements milterrt.Decider. Most is decided at end of
+// message (DMARC and the content need the whole message), where Postfix
+// always waits; RCPT waits for a reply only while something can refuse a
+// recipient there: a rule on its tenant's SPF result, greylisting, or a
+// DNSBL list with a direct reject or tempfail. SPF and the IP lists run at
+// MAIL, which Postfix does not wait for: their look-ups overlap the
+// client's RCPT.
 func (m *Milter) DecidesAt() milterrt.Stages {
-	if m.planFor(m.snapshot()).spfRefusals {
+	p := m.planFor(m.snapshot())
+	if p.spfRefusals || p.greylistRules || m.settings.Greylist.Enabled || m.listRefusals {
 		return milterrt.StageRcpt
 	}
 	return 0
@@ -169,6 +241,8 @@ type plan struct {
 	spfRefusals bool
 	// spfRules, dmarcRules: some rule has that condition.
 	spfRules, dmarcRules bool
+	// greylistRules: some rule greylists.
+	greylistRules bool
 }
 
 func (m *Milter) planFor(snap *rules.Snapshot) *plan {
@@ -180,6 +254,9 @@ func (m *Milter) planFor(snap *rules.Snapshot) *plan {
 		for _, r := range snap.Set().Rules {
 			if r.Milter != Name || !r.Enabled {
 				continue
+			}
+			if r.Action == rules.ActionGreylist {
+				p.greylistRules = true
 			}
 			if len(r.Match.DMARC) > 0 {
 				p.dmarcRules = true
@@ -201,6 +278,12 @@ type metrics struct {
 	arRemoved  prometheus.Counter
 	signatures *prometheus.CounterVec
 	results    *prometheus.CounterVec
+
+	listHits     *prometheus.CounterVec
+	listFailures *prometheus.CounterVec
+	greyExempt   prometheus.Counter
+	mimeProblems *prometheus.CounterVec
+	spamActions  *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (metrics, error) {
@@ -221,11 +304,32 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 			Name: "geomilter_policy_results_total",
 			Help: "Check results of inbound messages: check is spf, dkim (one per signature) or dmarc; result an RFC 8601 keyword.",
 		}, []string{"check", "result"}),
+		listHits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "geomilter_policy_list_hits_total",
+			Help: "Messages a list listed: kind dnsbl or dnswl (the client IP), uribl (a domain of a URL); zone the list.",
+		}, []string{"kind", "zone"}),
+		listFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "geomilter_policy_list_failures_total",
+			Help: "List look-ups that got no answer (timeout, SERVFAIL, the message's DNS budget spent), by list.",
+		}, []string{"zone"}),
+		greyExempt: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "geomilter_policy_greylist_exempt_total",
+			Help: "Recipients greylisting would have applied to but for an exemption (a DNSWL hit, an allow rule).",
+		}),
+		mimeProblems: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "geomilter_policy_mime_problems_total",
+			Help: "Messages with malformed MIME or a walk limit reached, by kind (depth, parts, bytes, boundary, encoding, charset, header, zip).",
+		}, []string{"kind"}),
+		spamActions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "geomilter_policy_spam_actions_total",
+			Help: "Inbound messages by the outcome of their score and content rules: none, tag, quarantine, reject, tempfail, discard, allow.",
+		}, []string{"action"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.degraded, m.arRemoved, m.signatures, m.results} {
+	for _, c := range []prometheus.Collector{m.degraded, m.arRemoved, m.signatures, m.results,
+		m.listHits, m.listFailures, m.greyExempt, m.mimeProblems, m.spamActions} {
 		if err := reg.Register(c); err != nil {
 			return metrics{}, fmt.Errorf("policy: register metrics: %w", err)
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/geomilter/geomilter/milters/policy/authres"
 	"github.com/geomilter/geomilter/milters/policy/dkimcheck"
 	"github.com/geomilter/geomilter/milters/policy/dmarc"
+	"github.com/geomilter/geomilter/milters/policy/dnsbl"
 	"github.com/geomilter/geomilter/milters/policy/spfcheck"
 	"github.com/geomilter/geomilter/shared/milterrt"
 	"github.com/geomilter/geomilter/shared/resolver"
@@ -49,6 +50,8 @@ type session struct {
 	// spfAction is the strictest non-refusing action (tag, quarantine)
 	// rules chose at RCPT for the SPF result; applied at end of message.
 	spfAction outcome
+	// ipRes are the DNSBL and DNSWL answers for the client (from MAIL).
+	ipRes dnsbl.Result
 }
 
 // outcome is what a result leads to: a rule's action, or the built-in
@@ -91,7 +94,7 @@ func (s *session) MailFrom(st *milterrt.State) milterrt.Decision {
 	s.plan = s.m.planFor(s.snap)
 	s.sec = &trail.PolicySection{}
 	st.Section = s.sec
-	s.spf, s.spfAction, s.ctx = spfcheck.Result{}, outcome{}, nil
+	s.spf, s.spfAction, s.ctx, s.ipRes = spfcheck.Result{}, outcome{}, nil, dnsbl.Result{}
 	sasl := st.Macro("auth_authen")
 	var ip netip.Addr
 	if a, ok := netip.AddrFromSlice(st.ClientAddr); ok {
@@ -109,8 +112,10 @@ func (s *session) MailFrom(st *milterrt.State) milterrt.Decision {
 	s.sec.Direction = rules.Inbound.String()
 	ctx, cancel := context.WithCancel(context.Background())
 	s.ctx, s.cancel = resolver.WithBudget(ctx, s.m.budget), cancel
+	lists := s.startLists(ip)
 	// RFC 7208 §2.4: MAIL FROM, or postmaster@HELO for a null sender.
 	s.spf = spfcheck.Check(s.ctx, s.m.dns, st.ClientAddr, st.Helo, st.Sender)
+	lists()
 	tr := s.spf.Trail()
 	tr.DurationMS = ms(s.spf.Duration)
 	s.sec.SPF = append(s.sec.SPF, tr)
@@ -122,22 +127,31 @@ func (s *session) MailFrom(st *milterrt.State) milterrt.Decision {
 	return milterrt.Continue()
 }
 
-// RcptTo applies the recipient's rules on the SPF result: a refusal fails
-// this recipient only; tag and quarantine wait for the end of the message.
+// RcptTo applies, per recipient: its rules on the SPF result (a refusal
+// fails this recipient only; tag and quarantine wait for the end of the
+// message), then the IP lists' direct refusals for its tenant, then
+// greylisting.
 func (s *session) RcptTo(st *milterrt.State, rcpt *milterrt.Recipient) milterrt.Decision {
-	if !s.inbound || s.plan == nil || !s.plan.spfRules || s.spf.Result == "" {
+	if !s.inbound || s.plan == nil {
 		return milterrt.Continue()
 	}
-	o := s.resultRule(st, rcpt.Addr, rules.Facts{SPF: s.spf.Result}, "spf", s.spf.Result)
-	if o.rule == nil {
-		return milterrt.Continue()
+	if s.plan.spfRules && s.spf.Result != "" {
+		if o := s.resultRule(st, rcpt.Addr, rules.Facts{SPF: s.spf.Result}, "spf", s.spf.Result); o.rule != nil {
+			s.hit(st, o.rule, "rcpt", rcpt.Addr)
+			switch o.action {
+			case rules.ActionReject, rules.ActionTempfail:
+				return s.refuse(o)
+			}
+			s.spfAction = stricter(s.spfAction, o)
+		}
 	}
-	s.hit(st, o.rule, "rcpt", rcpt.Addr)
-	switch o.action {
-	case rules.ActionReject, rules.ActionTempfail:
-		return s.refuse(o)
+	tenant := s.tenantOf(rcpt.Addr)
+	if d, ok := s.listRefusal(st, tenant); ok {
+		return d
 	}
-	s.spfAction = stricter(s.spfAction, o)
+	if d, ok := s.greylistRcpt(st, rcpt.Addr, tenant); ok {
+		return d
+	}
 	return milterrt.Continue()
 }
 
@@ -183,18 +197,30 @@ var defaultReplies = map[string]map[rules.Action][3]string{
 		rules.ActionReject:   {"550", "5.7.1", "Rejected by the DMARC policy of the From domain"},
 		rules.ActionTempfail: {"451", "4.7.1", "DMARC validation error, try again later"},
 	},
+	"spam": {
+		rules.ActionReject:   {"550", "5.7.1", "Message rejected as spam"},
+		rules.ActionTempfail: {"451", "4.7.1", "Message deferred by the spam policy, try again later"},
+	},
+	"content": {
+		rules.ActionReject:   {"550", "5.7.1", "Message rejected by the content policy"},
+		rules.ActionTempfail: {"451", "4.7.1", "Message deferred by the content policy, try again later"},
+	},
 }
 
 // refuse is the reject or tempfail of an outcome, with the rule's reply
 // when it has one.
 func (s *session) refuse(o outcome) milterrt.Decision {
-	def := defaultReplies[o.check][o.action]
+	def, ok := defaultReplies[o.check][o.action]
+	if !ok { // a check without replies of its own
+		def = defaultReplies["content"][o.action]
+	}
 	d := milterrt.Reject(def[0], def[1], def[2])
 	if o.action == rules.ActionTempfail {
 		d = milterrt.TempFail(def[0], def[1], def[2])
 	}
 	reason := o.check + "=" + o.result
-	if o.rule != nil {
+	switch {
+	case o.rule != nil:
 		if rp := o.rule.Reply; !rp.IsZero() {
 			d.Code, d.Enhanced = strconv.Itoa(rp.Code), rp.Enhanced
 			if rp.Text != "" {
@@ -203,8 +229,10 @@ func (s *session) refuse(o outcome) milterrt.Decision {
 		}
 		d = d.WithRule(o.rule.ID)
 		reason += ": policy rule " + o.rule.ID + " (" + o.rule.Scope.String() + "): " + string(o.action)
-	} else {
+	case o.check == "dmarc":
 		reason += ": the domain's published DMARC policy: " + string(o.action)
+	default:
+		reason += ": " + string(o.action)
 	}
 	return d.WithReason(reason)
 }
@@ -338,18 +366,28 @@ func (s *session) verify(st *milterrt.State, mod milterrt.Modifier) milterrt.Dec
 		comment = "p=" + dm.Policy + " dis=" + dtr.Disposition
 	}
 	ar = append(ar, authres.DMARC(dm.Result, comment, dm.Domain))
-	s.noteDNS(st, dm)
 
-	switch chosen.action {
+	// Part 2: lists, content, scanners, the score (spam.go).
+	sv := s.spamVerdict(st, s.spf.Result, dm.Result)
+	s.noteDNS(st, dm)
+	final := stricter(chosen, sv.out)
+
+	switch final.action {
 	case rules.ActionReject, rules.ActionTempfail:
-		return s.refuse(chosen)
+		return s.refuse(final)
+	case rules.ActionDiscard:
+		why := final.check + "=" + final.result
+		st.AddReason("discarded: " + why)
+		return milterrt.Discard().WithReason("discarded: " + why).WithRule(final.rule.ID)
 	}
 	s.editHeaders(st, mod, ar, chosen)
-	if chosen.action == rules.ActionQuarantine {
-		why := chosen.check + "=" + chosen.result
-		if chosen.rule != nil {
-			why += " (policy rule " + chosen.rule.ID + ")"
-		} else {
+	s.spamHeaders(st, mod, sv)
+	if final.action == rules.ActionQuarantine {
+		why := final.check + "=" + final.result
+		switch {
+		case final.rule != nil:
+			why += " (policy rule " + final.rule.ID + ")"
+		case final.check == "dmarc":
 			why += " (the domain's DMARC policy)"
 		}
 		st.AddReason("quarantined: " + why)

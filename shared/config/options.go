@@ -142,8 +142,12 @@ func (r *registry) keys(name string) []string {
 	walk = func(t reflect.Type, path string) {
 		for i := 0; i < t.NumField(); i++ {
 			sf := t.Field(i)
-			key, _, _ := strings.Cut(sf.Tag.Get("yaml"), ",")
+			key, opts, _ := strings.Cut(sf.Tag.Get("yaml"), ",")
 			if key == "-" || !sf.IsExported() {
+				continue
+			}
+			if strings.Contains(","+opts+",", ",inline,") && sf.Type.Kind() == reflect.Struct {
+				walk(sf.Type, path) // its keys sit beside the others (yamlconf decodes them so)
 				continue
 			}
 			if key == "" {

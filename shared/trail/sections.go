@@ -84,14 +84,27 @@ type PolicySection struct {
 	DKIM []DKIMResult `json:"dkim,omitempty"`
 	// DMARC is the evaluation for the RFC5322.From domain (RFC 7489).
 	DMARC *DMARCResult `json:"dmarc,omitempty"`
-	// DNSBL lists the block lists that listed the client.
+	// DNSBL lists the block, allow and URI lists that listed the client
+	// or a domain of the message.
 	DNSBL []DNSBLHit `json:"dnsbl,omitempty"`
-	// Greylist is the greylisting outcome, when it ran.
-	Greylist *GreylistResult `json:"greylist,omitempty"`
+	// Lists is the time the list look-ups took and the lists that did not
+	// answer.
+	Lists *ListUse `json:"lists,omitempty"`
+	// Greylist has the greylisting outcome per recipient, when it ran.
+	Greylist []GreylistResult `json:"greylist,omitempty"`
 	// Score is the message's total score and Threshold the one it was
-	// judged against (the parts are in the event's scores).
+	// judged against (the parts are in the event's scores: every list,
+	// rule, scanner and MIME problem that added to it, named
+	// "dnsbl:ZONE", "rule:ID", "scanner:NAME", "mime:KIND").
 	Score     float64 `json:"score"`
 	Threshold float64 `json:"threshold,omitempty"`
+	// Action is what the score (or a content rule) led to: tag,
+	// quarantine, reject, or "" (none).
+	Action string `json:"action,omitempty"`
+	// Content is the MIME walk of the message, when it ran.
+	Content *ContentUse `json:"content,omitempty"`
+	// Scanners are the outside scanners' (rspamd, spamd) answers.
+	Scanners []ScannerResult `json:"scanners,omitempty"`
 	// Rules are the policy rules that decided or let the message through.
 	Rules []RuleHit `json:"rules,omitempty"`
 	// Direction is inbound (verified) or outbound (signed, not verified).
@@ -169,19 +182,71 @@ type DMARCResult struct {
 	DurationMS float64 `json:"duration_ms,omitempty"`
 }
 
-// DNSBLHit is a block list that listed the client.
+// DNSBLHit is a list that listed the client or a domain of the message.
 type DNSBLHit struct {
 	Zone   string `json:"zone"`
 	Answer string `json:"answer"` // the A record returned, e.g. 127.0.0.2
+	// Kind is dnsbl, dnswl or uribl; Target the IP or domain looked up.
+	Kind   string  `json:"kind,omitempty"`
+	Target string  `json:"target,omitempty"`
+	Weight float64 `json:"weight,omitempty"`
+	// Action is the list's direct action (reject, tempfail, quarantine),
+	// "" when it only scores.
+	Action string `json:"action,omitempty"`
 }
 
-// GreylistResult is the greylisting outcome for a message.
+// ListUse is the time the list look-ups of a message took.
+type ListUse struct {
+	DurationMS float64 `json:"duration_ms"`
+	// Failed names the lists that did not answer ("zone: why").
+	Failed []string `json:"failed,omitempty"`
+}
+
+// GreylistResult is the greylisting outcome for one recipient.
 type GreylistResult struct {
+	Rcpt string `json:"rcpt,omitempty"`
 	// Status is new (first sighting: deferred), waiting (retried too early:
-	// deferred), passed (retried in time, or passed before) or skipped.
+	// deferred), passed (retried in time, or passed before), allowlisted
+	// (the client network passed often enough), exempt (see Reason) or
+	// degraded (the state did not answer: accepted).
 	Status string `json:"status"`
+	// Reason says why a recipient was exempt, or the state's error.
+	Reason string `json:"reason,omitempty"`
 	// FirstSeenMS is the first sighting at any site, Unix milliseconds.
-	FirstSeenMS int64 `json:"first_seen_ms,omitempty"`
+	FirstSeenMS int64   `json:"first_seen_ms,omitempty"`
+	DurationMS  float64 `json:"duration_ms,omitempty"`
+}
+
+// ScorePart is one named score, e.g. a scanner's symbol.
+type ScorePart struct {
+	Name  string  `json:"name"`
+	Score float64 `json:"score"`
+}
+
+// ContentUse is the MIME walk of one message.
+type ContentUse struct {
+	Parts       int `json:"parts"`
+	Attachments int `json:"attachments,omitempty"`
+	URLs        int `json:"urls,omitempty"`
+	// Problems are the kinds of malformed MIME or limits reached.
+	Problems   []string `json:"problems,omitempty"`
+	Truncated  bool     `json:"truncated,omitempty"`
+	DurationMS float64  `json:"duration_ms"`
+}
+
+// ScannerResult is one outside scanner's answer.
+type ScannerResult struct {
+	Name     string  `json:"name"`
+	Score    float64 `json:"score"`
+	Required float64 `json:"required,omitempty"`
+	Action   string  `json:"action,omitempty"`
+	// Symbols are the scanner's rule names with their scores.
+	Symbols []ScorePart `json:"symbols,omitempty"`
+	// Skipped says why the scanner was not asked (breaker open, too
+	// large); Error why its answer is missing (timeout, refused).
+	Skipped    string  `json:"skipped,omitempty"`
+	Error      string  `json:"error,omitempty"`
+	DurationMS float64 `json:"duration_ms,omitempty"`
 }
 
 // ArchiveSection is the archive milter's part (JSON key "archive").
