@@ -54,3 +54,44 @@ func TestVerify50MB(t *testing.T) {
 		t.Errorf("heap grew by %d MB for a 50 MB message, more than 64 MB", growth>>20)
 	}
 }
+
+// TestContent50MB: a 50 MB multipart message goes through the whole of
+// part 2 — lists, the MIME walk with the content rules and the built-in
+// ones, the score — while the heap grows by less than 64 MB: the walk
+// streams the message back from the message file.
+func TestContent50MB(t *testing.T) {
+	if testing.Short() {
+		t.Skip("50 MB message")
+	}
+	const size = 50 << 20
+	f := newSpamFixture(t)
+	c := f.ts.DialOffer(t, miltertest.PostfixActions, miltertest.PostfixProtocol)
+	head := "--b\r\nContent-Type: text/plain\r\n\r\nHello, you have won.\r\n--b\r\n" +
+		"Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"data.bin\"\r\n" +
+		"Content-Transfer-Encoding: base64\r\n\r\n"
+	const line = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0\r\n"
+	watch := miltertest.WatchHeap()
+	res := c.Send(t, miltertest.Transaction{
+		Peer: peer("192.0.2.1"), Sender: "a@sender.example", Rcpts: []miltertest.Rcpt{{Addr: "b@acme.example"}},
+		Headers: []miltertest.Header{
+			{Name: "From", Value: " <a@sender.example>"}, {Name: "To", Value: " <b@acme.example>"},
+			{Name: "Subject", Value: " big"}, {Name: "MIME-Version", Value: " 1.0"},
+			{Name: "Content-Type", Value: ` multipart/mixed; boundary="b"`},
+		},
+		Body: io.MultiReader(strings.NewReader(head), miltertest.RepeatedLines(line, size), strings.NewReader("--b--\r\n")),
+	})
+	growth := watch.Stop()
+	if res.Reply.Code != milter.ActAccept {
+		t.Fatalf("reply %+v", res.Reply)
+	}
+	st := f.ts.WaitTxns(t, 1)[0]
+	sec := policySection(t, st)
+	if sec.Content == nil || sec.Content.Parts < 2 || st.Scores["rule:lottery"] != 3 {
+		t.Fatalf("content %+v scores %v: the walk did not reach the text part", sec.Content, st.Scores)
+	}
+	t.Logf("50 MB message walked in %.0f ms: peak heap in use %.1f MB above the %.1f MB before (limit 64 MB)",
+		sec.Content.DurationMS, float64(growth)/(1<<20), float64(watch.Base())/(1<<20))
+	if growth > 64<<20 {
+		t.Errorf("heap grew by %d MB for a 50 MB message, more than 64 MB", growth>>20)
+	}
+}
