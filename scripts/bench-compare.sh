@@ -256,11 +256,11 @@ EOF
 # message, so every one is evaluated on every message): 700 body
 # substrings, 100 body regexes, 100 subject, 50 attachment, 50 url_domain.
 awk 'BEGIN {
-	for (i = 0; i < 700; i++) printf "  - {id: body-%d, milter: policy, match: {body: [\"bench phrase number %d\"]}, score: 1}\n", i, i
-	for (i = 0; i < 100; i++) printf "  - {id: bodyre-%d, milter: policy, match: {body: [\"/offer-%d[0-9]+x/\"]}, score: 1}\n", i, i
-	for (i = 0; i < 100; i++) printf "  - {id: subject-%d, milter: policy, match: {subject: [\"cheap thing %d\"]}, score: 1}\n", i, i
-	for (i = 0; i < 50; i++) printf "  - {id: attach-%d, milter: policy, match: {attachment: [\"*.ext%d\"]}, score: 1}\n", i, i
-	for (i = 0; i < 50; i++) printf "  - {id: url-%d, milter: policy, match: {url_domain: [\"d%d.bad.example\"]}, score: 1}\n", i, i
+	for (i = 0; i < 700; i++) printf "  - {id: body-%d, milter: policy, scope: global, match: {body: [\"bench phrase number %d\"]}, score: 1}\n", i, i
+	for (i = 0; i < 100; i++) printf "  - {id: bodyre-%d, milter: policy, scope: global, match: {body: [\"/offer-%d[0-9]+x/\"]}, score: 1}\n", i, i
+	for (i = 0; i < 100; i++) printf "  - {id: subject-%d, milter: policy, scope: global, match: {subject: [\"cheap thing %d\"]}, score: 1}\n", i, i
+	for (i = 0; i < 50; i++) printf "  - {id: attach-%d, milter: policy, scope: global, match: {attachment: [\"*.ext%d\"]}, score: 1}\n", i, i
+	for (i = 0; i < 50; i++) printf "  - {id: url-%d, milter: policy, scope: global, match: {url_domain: [\"d%d.bad.example\"]}, score: 1}\n", i, i
 }' >> "$work/gm/rules.yaml"
 nsrun "$BIN" check-config --config "$work/gm/geomilter.yaml" >&2 || die "geomilter config invalid"
 nsrun "$BIN" ctl --config "$work/gm/geomilter.yaml" rules apply -f "$work/gm/rules.yaml" > "$work/log/ctl.log" 2>&1 ||

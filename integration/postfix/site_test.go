@@ -62,12 +62,21 @@ type siteOpts struct {
 	mainCf      map[string]string // main.cf overrides, appended after the snippet
 	tls         bool              // smtpd offers STARTTLS with a throwaway certificate
 	rulesFile   string            // rules_file content (standalone mode reads it)
+	// policyYAML holds extra keys of milters.policy, one per line at the
+	// left margin (greylist:, scoring:, …); writeGeomilterConfig indents them.
+	policyYAML string
 }
 
 // twoSites builds dal and lax joined by a veth pair, each with everything.
 func twoSites(t testing.TB) (dal, lax *site) {
+	return twoSitesWith(t, siteOpts{withRedis: true, withMilters: true, tls: true})
+}
+
+// twoSitesWith is twoSites with the sites' options (Redis and the milters
+// are always on; main.cf overrides and policy keys apply to both sites).
+func twoSitesWith(t testing.TB, o siteOpts) (dal, lax *site) {
 	h := newHarness(t)
-	o := siteOpts{withRedis: true, withMilters: true, tls: true}
+	o.withRedis, o.withMilters = true, true
 	dal = h.newSite("dal", dalAddr)
 	lax = h.newSite("lax", laxAddr)
 	dal.peer, lax.peer = lax, dal
@@ -303,6 +312,13 @@ func (s *site) writeGeomilterConfig(o siteOpts) {
 	fmt.Fprintf(&b, "    - {name: local, type: file, path: %s/trail.ndjson}\n", s.dir)
 	b.WriteString("metrics: {listen: \"127.0.0.1:9464\"}\nmilters:\n")
 	for _, m := range milterNames {
+		if m == "policy" && o.policyYAML != "" {
+			fmt.Fprintf(&b, "  %s:\n    listen: \"unix:%s\"\n    shutdown_timeout: 5s\n", m, s.socket(m))
+			for _, l := range strings.Split(strings.TrimRight(o.policyYAML, "\n"), "\n") {
+				b.WriteString("    " + l + "\n")
+			}
+			continue
+		}
 		fmt.Fprintf(&b, "  %s: {listen: \"unix:%s\", shutdown_timeout: 5s}\n", m, s.socket(m))
 	}
 	s.gmConfig = filepath.Join(s.dir, "geomilter.yaml")
