@@ -178,7 +178,8 @@ start dnsmasq dnsmasq --keep-in-foreground --no-resolv --no-hosts --no-poll --us
 	--txt-record=bench._domainkey.load.example,"v=DKIM1; k=rsa; p=$DKIMKEY" \
 	--host-record=load.example,198.18.255.254 --mx-host=load.example,mx.load.example,10 \
 	--host-record=mx.load.example,198.18.255.253 --host-record=client.load.example,$CLIENT \
-	--host-record="$(echo $CLIENT | awk -F. '{print $4"."$3"."$2"."$1}').bl.bench.example,127.0.0.2"
+	--host-record="$(echo $CLIENT | awk -F. '{print $4"."$3"."$2"."$1}').bl.bench.example,127.0.0.2" \
+	--host-record="$(echo $CLIENT | awk -F. '{print $4"."$3"."$2"."$1}').wl.bench.example,127.0.0.2"
 # Sockets: a setgid directory of group postfix, so Postfix's smtpd and cleanup
 # (user postfix) can reach the milters' 0660 sockets.
 SOCK=$work/sock
@@ -219,9 +220,10 @@ milters:
   access:  {listen: "unix:$SOCK/access.sock"}
   policy:
     listen: "unix:$SOCK/policy.sock"
-    # Issue 15: the client is looked up in a block list that lists it
-    # (weight 1, below every threshold) and an allow list that does not;
-    # the resolver's cache answers after the first message.
+    # Issue 15: the client is looked up in a block list and an allow list
+    # that both list it (weights 1 and -1: score 0); the resolver's cache
+    # answers after the first message (dnsmasq's NXDOMAIN carries no SOA,
+    # so a list that did not list it would be asked every time).
     dnsbl: [{zone: bl.bench.example, weight: 1}]
     dnswl: [{zone: wl.bench.example, weight: -1}]
   archive:

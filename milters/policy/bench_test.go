@@ -115,3 +115,40 @@ func BenchmarkDarkDNS(b *testing.B) {
 	b.ReportMetric(float64(all[len(all)-1].Microseconds())/1000, "max-ms")
 	b.ReportMetric(float64(len(all)), "messages")
 }
+
+// BenchmarkInboundPart2: BenchmarkInboundSigned's message with part 2 on
+// top — two lists (cached after the first message), the MIME walk, 1,000
+// content rules that score (the mix of scripts/bench-compare.sh, none
+// matching), the built-in rules and the spam headers.
+func BenchmarkInboundPart2(b *testing.B) {
+	var r strings.Builder
+	r.WriteString(spamRules)
+	for i := range 700 {
+		fmt.Fprintf(&r, "  - {id: body-%d, milter: policy, scope: global, match: {body: [\"bench phrase number %d\"]}, score: 1}\n", i, i)
+	}
+	for i := range 100 {
+		fmt.Fprintf(&r, "  - {id: bodyre-%d, milter: policy, scope: global, match: {body: [\"/offer-%d[0-9]+x/\"]}, score: 1}\n", i, i)
+		fmt.Fprintf(&r, "  - {id: subject-%d, milter: policy, scope: global, match: {subject: [\"cheap thing %d\"]}, score: 1}\n", i, i)
+	}
+	for i := range 50 {
+		fmt.Fprintf(&r, "  - {id: attach-%d, milter: policy, scope: global, match: {attachment: [\"*.ext%d\"]}, score: 1}\n", i, i)
+		fmt.Fprintf(&r, "  - {id: url-%d, milter: policy, scope: global, match: {url_domain: [\"d%d.bad.example\"]}, score: 1}\n", i, i)
+	}
+	f := newSpamFixtureWith(b, r.String())
+	for _, lines := range []int{40, 300} { // about 3 KB (bench-compare's message) and 18 KB
+		msg := spamMessage("", strings.Repeat("Lorem ipsum dolor sit amet, consectetur adipiscing elit.\r\n", lines))
+		b.Run(fmt.Sprintf("%dKB", len(msg)>>10), func(b *testing.B) {
+			c := f.ts.DialOffer(b, miltertest.PostfixActions, miltertest.PostfixProtocol)
+			b.SetBytes(int64(len(msg)))
+			for range b.N {
+				res := c.Send(b, miltertest.Transaction{
+					Peer: peer("192.0.2.1"), Sender: "a@sender.example", Rcpts: []miltertest.Rcpt{{Addr: "b@acme.example"}},
+					Message: strings.NewReader(msg),
+				})
+				if res.Reply.Code != milter.ActAccept {
+					b.Fatalf("reply %+v", res.Reply)
+				}
+			}
+		})
+	}
+}

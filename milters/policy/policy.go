@@ -60,7 +60,7 @@ type Milter struct {
 	lists    listIndex    // every list by kind and zone
 	grey     *greylist.Greylister
 	scanners *scanner.Set
-	builtin  *rules.Snapshot // default content rules; nil when off
+	builtin  []builtinRule // default content rules; nil when off
 	// listRefusals: some IP list rejects or tempfails directly.
 	listRefusals bool
 }
@@ -170,9 +170,7 @@ func (m *Milter) part2(o Options) error {
 		}
 	}
 	if st.Scoring.DefaultRules {
-		if m.builtin, err = builtinRules(); err != nil {
-			return fmt.Errorf("policy: built-in rules: %w", err)
-		}
+		m.builtin = builtinRules
 	}
 	return nil
 }

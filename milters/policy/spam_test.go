@@ -40,6 +40,7 @@ test. 300 IN SOA ns.test. h.test. 1 3600 600 86400 300
 66.2.0.192.rbl.test. 300 IN A 127.0.0.2
 77.2.0.192.wl.test. 300 IN A 127.0.0.2
 evil.example.uribl.test. 300 IN A 127.0.0.2
+sender.example. 300 IN SOA ns.sender.example. h.sender.example. 1 3600 600 86400 300
 `
 
 const spamConfig = `site: lax
@@ -99,7 +100,9 @@ func (f *spamFixture) advance(d time.Duration) {
 	f.mu.Unlock()
 }
 
-func newSpamFixture(t *testing.T) *spamFixture {
+func newSpamFixture(t testing.TB) *spamFixture { return newSpamFixtureWith(t, spamRules) }
+
+func newSpamFixtureWith(t testing.TB, rulesYAML string) *spamFixture {
 	t.Helper()
 	srv := dnstest.Start(t, spamZones)
 	res, err := resolver.New(resolver.Options{Servers: []string{srv.Addr()}, Timeout: time.Second})
@@ -110,7 +113,7 @@ func newSpamFixture(t *testing.T) *spamFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	set, err := rules.Parse("rules.yaml", []byte(spamRules))
+	set, err := rules.Parse("rules.yaml", []byte(rulesYAML))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +136,7 @@ func newSpamFixture(t *testing.T) *spamFixture {
 	return f
 }
 
-func (f *spamFixture) send(t *testing.T, ip string, rcpts []string, msg string) miltertest.Result {
+func (f *spamFixture) send(t testing.TB, ip string, rcpts []string, msg string) miltertest.Result {
 	t.Helper()
 	c := f.ts.DialOffer(t, miltertest.PostfixActions, miltertest.PostfixProtocol)
 	tx := miltertest.Transaction{Peer: peer(ip), Sender: "a@sender.example", Message: strings.NewReader(msg)}

@@ -97,7 +97,7 @@ func Compile(set *Set) (*Snapshot, error) {
 			ix = newIndex()
 			s.milters[r.Milter] = ix
 		}
-		ix.add(int32(rank), r)
+		ix.add(int32(rank), r, s.crules[rank].scan)
 	}
 	return s, nil
 }
@@ -256,6 +256,12 @@ type index struct {
 	post       postings
 	nullSender []int32
 	scan       []int32
+	// scanned are rules that would be in scan but have a scan key (body,
+	// attachment, size, url_domain): a lookup takes only those whose scan
+	// keys held, so a thousand content rules cost nothing per lookup but
+	// for the ones that matched.
+	scanned     []int32
+	scannedSlot []int32
 }
 
 func newIndex() *index { return &index{} }
@@ -299,7 +305,7 @@ func (ix *index) putHost(exact, sub keyKind, vs []string, i int32) {
 	}
 }
 
-func (ix *index) add(i int32, r *Rule) {
+func (ix *index) add(i int32, r *Rule, slot int32) {
 	m := &r.Match
 	switch {
 	case len(m.SASLUser) > 0:
@@ -326,6 +332,9 @@ func (ix *index) add(i int32, r *Rule) {
 		ix.put(kScopeDomain, r.Scope.Name, i)
 	case r.Scope.Kind == ScopeTenant:
 		ix.put(kScopeTenant, r.Scope.Name, i)
+	case m.HasScan() && slot >= 0:
+		ix.scanned = append(ix.scanned, i)
+		ix.scannedSlot = append(ix.scannedSlot, slot)
 	default:
 		ix.scan = append(ix.scan, i)
 	}

@@ -186,6 +186,13 @@ func (ix *index) lookupParents(dst []int32, k keyKind, d string) []int32 {
 
 func (ix *index) candidates(dst []int32, q *query) []int32 {
 	dst = append(dst, ix.scan...)
+	if q.scan != nil {
+		for k, slot := range ix.scannedSlot {
+			if q.scan.holds(slot) {
+				dst = append(dst, ix.scanned[k])
+			}
+		}
+	}
 	if q.ip.IsValid() {
 		dst = ix.ips.appendAll(dst, q.ip)
 	}

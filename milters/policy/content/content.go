@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/geomilter/geomilter/shared/mimewalk"
@@ -111,6 +112,7 @@ func Walk(r io.Reader, size int64, sink Sink, lim Limits) (rep Report, err error
 	lim = lim.withDefaults()
 	w := &walker{sink: sink, lim: lim, hosts: make(map[string]struct{}), domains: make(map[string]struct{})}
 	src := &countReader{r: r}
+	defer w.release()
 	defer func() {
 		if v := recover(); v != nil {
 			// The value is not logged: it may quote message content.
@@ -172,10 +174,11 @@ type walker struct {
 	hosts   map[string]struct{} // distinct URL hosts, at most lim.MaxURLs
 	domains map[string]struct{}
 
-	line  []byte // the text line being assembled, at most MaxLine
-	in    []byte // read buffer of text parts
-	sniff []byte // first bytes of an attachment
-	host  []byte // the host being normalised
+	line  []byte      // the text line being assembled, at most MaxLine
+	in    []byte      // read buffer of text parts
+	tb    *textBuffer // in and line's storage, from the pool
+	sniff []byte      // first bytes of an attachment
+	host  []byte      // the host being normalised
 	zip   *zipLister
 }
 
@@ -221,10 +224,28 @@ func (w *walker) visit(p *mimewalk.Part, body io.Reader) error {
 }
 
 // lines cuts a text part into lines for Sink.Text and scans each for URLs.
+// textBuffer is a walk's read buffer and line buffer. They are pooled:
+// every message needs them, and 12 KiB per message is most of what a walk
+// of a small message allocates (garbage the collector then pays for).
+type textBuffer struct {
+	in   [4096]byte
+	line [MaxLine]byte
+}
+
+var textBuffers = sync.Pool{New: func() any { return new(textBuffer) }}
+
+// release returns the walk's text buffers to the pool.
+func (w *walker) release() {
+	if w.tb != nil {
+		textBuffers.Put(w.tb)
+		w.tb, w.in, w.line = nil, nil, nil
+	}
+}
+
 func (w *walker) lines(r io.Reader) error {
 	if w.in == nil {
-		w.in = make([]byte, 4096)
-		w.line = make([]byte, 0, MaxLine)
+		w.tb = textBuffers.Get().(*textBuffer)
+		w.in, w.line = w.tb.in[:], w.tb.line[:0]
 	}
 	buf := w.line[:0]
 	for {
