@@ -50,6 +50,15 @@ bench ./milters/policy/ 'DarkDNS' 10x
 # Issue 17: content detectors (cards, IBAN, patterns) and the MIME walk, MB/s.
 bench ./milters/encrypt/detect/ 'Scan' 2s
 bench ./shared/mimewalk/ 'Walk$|Bombs' 2s
+# Issue 15: MIME bombs through the content walk (< 100 ms each), 1,000
+# content rules on a 20 KB message, the policy milter with part 2 per
+# message, a dark list against a 100 ms budget, rspamd stopped against a
+# 200 ms budget (breaker after 3 failures).
+bench ./milters/policy/content/ 'Bombs|WalkTypical' 2s
+bench ./shared/rules/ 'Scan1000$' 2s
+bench ./milters/policy/ 'InboundPart2' 2s
+bench ./milters/policy/dnsbl/ 'CheckIPCached|CheckIPDarkList' 20x
+bench ./milters/policy/scanner/ 'RealRspamdStopped' 50x
 
 echo "== dark trail sink vs healthy, over the milter protocol (real processes)" | tee -a "$out/log"
 GEOMILTER_BENCH=1 GEOMILTER_BIN="$PWD/bin/geomilter" go test -count=1 -run TestBenchDarkSinkLatency -v ./integration/ 2>&1 | tee -a "$out/log" | grep -vE '^(=== RUN|--- )'
@@ -89,6 +98,10 @@ grep -E 'dark/healthy|target p99 < 2s|target <= baseline' "$out/log" | sed 's/^/
 # Access milter: throughput against a no-op negotiating the same stages (issue 4: >= 0.85).
 check BenchmarkAccessMilter access-memory/noop-same '>=' 0.85
 check BenchmarkDarkDNS p99-ms '<' 350
+check BenchmarkBombs/depth1000 ns/op '<' 100000000
+check BenchmarkBombs/parts100k ns/op '<' 100000000
+check BenchmarkCheckIPDarkList ns/op '<' 150000000
+grep -q '^BenchmarkRealRspamdStopped' "$out/log" && check BenchmarkRealRspamdStopped max-ms '<' 250
 grep -E '^(PASS|MISS)  ' "$out/compare" | sed 's/^\(....\)  /\1  side by side: /'
 [ "$compare_rc" = 0 ] || miss=1
 exit $miss
