@@ -1,7 +1,6 @@
 package postfix
 
 import (
-	"context"
 	"io"
 	"os"
 	"path/filepath"
@@ -84,22 +83,7 @@ func (c *capturer) snapshot() []captured {
 func serveCapturer(t testing.TB, path string) *capturer {
 	t.Helper()
 	c := &capturer{}
-	ln, err := milterrt.Listen("unix:" + path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(path, 0o666); err != nil {
-		t.Fatal(err)
-	}
-	srv := milterrt.New(c, milterrt.Options{MessageDir: filepath.Join(filepath.Dir(path), "messages"), MessageMemory: 64})
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-	})
+	serveForPostfix(t, c, path, milterrt.Options{MessageMemory: 64})
 	return c
 }
 

@@ -3,9 +3,11 @@ package postfix
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -18,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/geomilter/geomilter/shared/milterrt"
 )
 
 // Test-binary-wide state, set once in TestMain before any test runs.
@@ -610,4 +614,34 @@ func readLines(path string) []string {
 		out = append(out, sc.Text())
 	}
 	return out
+}
+
+// serveForPostfix serves m on a unix socket Postfix (user postfix) can
+// reach, until the test ends; then the milter is closed if it is an
+// io.Closer. Messages beyond o.MessageMemory go to messages/ beside the
+// socket unless o.MessageDir says otherwise.
+func serveForPostfix(t testing.TB, m milterrt.Milter, path string, o milterrt.Options) {
+	t.Helper()
+	ln, err := milterrt.Listen("unix:" + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if o.MessageDir == "" {
+		o.MessageDir = filepath.Join(filepath.Dir(path), "messages")
+	}
+	srv := milterrt.New(m, o)
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		<-done
+		if c, ok := m.(io.Closer); ok {
+			c.Close()
+		}
+	})
 }

@@ -7,8 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -245,25 +243,7 @@ func (l *txnLog) wait(t testing.TB, what string, match func(txn) bool) txn {
 func serveRecorded(t *testing.T, m milterrt.Milter, path string) *txnLog {
 	t.Helper()
 	log := &txnLog{}
-	ln, err := milterrt.Listen("unix:" + path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(path, 0o666); err != nil {
-		t.Fatal(err)
-	}
-	srv := milterrt.New(m, milterrt.Options{MessageDir: filepath.Join(filepath.Dir(path), "messages"), OnTransaction: log.record})
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-		if c, ok := m.(interface{ Close() error }); ok {
-			c.Close()
-		}
-	})
+	serveForPostfix(t, m, path, milterrt.Options{OnTransaction: log.record})
 	return log
 }
 

@@ -215,22 +215,7 @@ print("pass" if ok else "fail")`
 // until the test ends.
 func servePolicy(t *testing.T, m milterrt.Milter, path string) {
 	t.Helper()
-	ln, err := milterrt.Listen("unix:" + path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(path, 0o666); err != nil {
-		t.Fatal(err)
-	}
-	srv := milterrt.New(m, milterrt.Options{MessageDir: filepath.Join(filepath.Dir(path), "messages")})
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-	})
+	serveForPostfix(t, m, path, milterrt.Options{})
 }
 
 // sendPolicy sends data with swaks from the client address and returns
