@@ -43,7 +43,7 @@ func TestCheckConfig(t *testing.T) {
 	}{
 		{"good", []string{"--config", good}, 0, []string{good + ": ok"}},
 		{"milter options", []string{"--config", options}, 1, []string{
-			options + `:9:5: milters.policy.authserv_idd: unknown key, did you mean "authserv_id"? (known: listen, metrics_listen, max_sessions, idle_timeout, shutdown_timeout, max_procs, message_dir, message_memory, authserv_id, dkim)`,
+			options + `:9:5: milters.policy.authserv_idd: unknown key, did you mean "authserv_id"? (known: listen, metrics_listen, max_sessions, idle_timeout, shutdown_timeout, max_procs, message_dir, message_memory, authserv_id, dkim, dnsbl, dnswl, uribl, greylist, scoring, content, scanners)`,
 			options + `:12:32: milters.encrypt.subject_tags[1]: duplicate tag "[SECURE]" (also subject_tags[0]; tags match case-insensitively)`,
 		}},
 		{"host", []string{"--config", noSocketDir}, 1, []string{
