@@ -53,6 +53,7 @@ var commands = []command{
 	{"status", "", "Redis instances, replica links, local milter processes: up, down (since …), degraded (…)"},
 	{"archive status", "[--json]", "the archive journal: per target backlog, oldest record, last error, dead letters"},
 	{"archive replay", "--target NAME --since TIME", "send the journal records since TIME (RFC 3339 or 2h) to a target again"},
+	{"trail", "[FILTERS] [--since 2h] [--json]", "each milter's decisions at every site, in time order; FILTERS: --message-id --queue-id --sender --rcpt --client"},
 	{"dkim keygen", "--domain D --selector S [--algorithm rsa|ed25519] [--out FILE|--dir DIR]", "write a DKIM signing key (0600), print its DNS record and signing: entry"},
 }
 
@@ -163,6 +164,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return t.status(ctx, rest[1:])
 	case "archive":
 		return t.archive(ctx, rest[1:])
+	case "trail":
+		return t.trail(ctx, rest[1:])
 	case "dkim":
 		if len(rest) >= 2 && rest[1] == "keygen" {
 			return t.dkimKeygen(rest[2:])
