@@ -15,7 +15,8 @@
 # Exit status non-zero, with apt's own error text, when anything cannot be installed.
 set -euo pipefail
 pkgs=(redis-server redis-tools postfix swaks libnet-ssleay-perl libio-socket-ssl-perl python3-dkim
-	openssl gnupg iproute2 iptables ca-certificates procps curl rspamd spamd spamassassin)
+	openssl gnupg iproute2 iptables ca-certificates procps curl rspamd spamd spamassassin
+	chromium) # chromium: headless, renders /status in integration/postfix/statuspage_test.go
 [ "${1:-}" = --bench ] && pkgs+=(opendkim opendkim-tools opendmarc dnsmasq-base strace)
 missingPkgs() {
 	local p

@@ -33,6 +33,7 @@ import (
 	"github.com/geomilter/geomilter/shared/rules"
 	"github.com/geomilter/geomilter/shared/rulesync"
 	"github.com/geomilter/geomilter/shared/state"
+	"github.com/geomilter/geomilter/shared/statuspage"
 	"github.com/geomilter/geomilter/shared/trail"
 )
 
@@ -154,6 +155,8 @@ type Process struct {
 	store   *state.Store     // nil in standalone mode
 	rules   *rulesync.Syncer // the rules snapshot and what keeps it current
 	redis   *redisWatch      // nil in standalone mode
+	// decisions counts decisions per minute for /status.
+	decisions *statuspage.Decisions
 
 	serveErr chan error
 	stopOnce sync.Once
@@ -230,7 +233,8 @@ func Start(name, cfgPath string, f Factory, stderr io.Writer) (*Process, error) 
 		return nil, fmt.Errorf("config %s: %w", cfgPath, err)
 	}
 	log := base.With().Str("milter", name).Str("site", cfg.Site).Logger()
-	p := &Process{name: name, cfgPath: cfgPath, cfg: cfg, log: log, serveErr: make(chan error, 1)}
+	p := &Process{name: name, cfgPath: cfgPath, cfg: cfg, log: log, serveErr: make(chan error, 1),
+		decisions: statuspage.NewDecisions(time.Now)}
 	ok = false
 	defer func() {
 		if !ok {
@@ -304,7 +308,8 @@ func Start(name, cfgPath string, f Factory, stderr io.Writer) (*Process, error) 
 		checks = append(checks, metrics.Check{Name: "redis", Degraded: p.redis.degraded})
 	}
 	checks = append(checks, env.checks...)
-	p.metrics, err = metrics.Listen(maddr, reg, checks, env.routes...)
+	routes := append(env.routes, p.statusRoute(checks, env.routes))
+	p.metrics, err = metrics.Listen(maddr, reg, checks, routes...)
 	if err != nil {
 		return nil, err
 	}
@@ -338,6 +343,7 @@ func Start(name, cfgPath string, f Factory, stderr io.Writer) (*Process, error) 
 func (p *Process) onTransaction(st *milterrt.State) {
 	ev := eventFromState(st, time.Now())
 	p.trail.emitter.Emit(ev)
+	p.decisions.Record(ev.Action)
 }
 
 func (p *Process) listening() error {
