@@ -13,7 +13,7 @@ PKGS    := ./...
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/geomilter/geomilter/shared/buildinfo.Version=$(VERSION)
 
-.PHONY: all build test unit integration fuzz bench drill demo vet fmt deps gocheck fresh-check clean
+.PHONY: all build test unit integration fuzz bench drill demo vet fmt deps gocheck fresh-check clean package
 
 all: build
 
@@ -31,10 +31,12 @@ deps:
 
 vet: gocheck
 	$(GO) vet $(PKGS)
-	@test -z "$$(gofmt -l milters shared integration 2>/dev/null)" || { gofmt -l milters shared integration; echo "gofmt needed"; exit 1; }
+	@test -z "$$(gofmt -l milters shared integration deploy packaging 2>/dev/null)" || { gofmt -l milters shared integration deploy packaging; echo "gofmt needed"; exit 1; }
+	cd packaging && $(GO) vet .
 
 unit:
 	GEOMILTER_REQUIRE_REDIS=1 $(GO) test -count=1 -timeout 15m $$($(GO) list ./... | grep -v /integration)
+	cd packaging && $(GO) test -count=1 .
 
 integration: build
 	GEOMILTER_REQUIRE_REDIS=1 GEOMILTER_REQUIRE_POSTFIX=$${GEOMILTER_REQUIRE_POSTFIX:-1} GEOMILTER_BIN=$(CURDIR)/$(BIN) $(GO) test -p 1 -count=1 -timeout 20m ./integration/...
@@ -58,8 +60,14 @@ demo: deps build
 fresh-check:
 	scripts/fresh-check.sh
 
+# dist/geomilter_<version>_amd64.deb and dist/geomilter-<version>.x86_64.rpm (nfpm; packaging/,
+# docs/install.md). Version from git describe, Debian-valid; VERSION=... overrides it.
+# integration/pkg installs, upgrades and purges the .deb (root; in `make integration`).
+package: gocheck
+	GO=$(GO) $(if $(filter command line environment,$(origin VERSION)),VERSION=$(VERSION)) scripts/package.sh
+
 fmt:
-	gofmt -w milters shared integration
+	gofmt -w milters shared integration deploy packaging
 
 clean:
 	rm -rf bin

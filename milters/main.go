@@ -3,7 +3,7 @@
 //
 //	geomilter access|policy|archive|encrypt --config FILE   run one milter in the foreground
 //	geomilter check-config --config FILE                     validate a config file
-//	geomilter ctl [--config FILE] rules|status …            ops: rules apply/list/delete/export, status
+//	geomilter ctl [--config FILE] rules|status|trail|…      ops: rules apply/list/delete/export, status, trail
 //	geomilter bench milter [flags]                           load a milter socket over the milter protocol
 //	geomilter version
 //
@@ -34,13 +34,13 @@ const usage = `usage: geomilter <command> [flags]        geomilter <command> --h
 
 milters (each runs in the foreground; SIGTERM stops gracefully, SIGHUP reloads the config):
   access        who may send and relay, rate limits across sites
-  policy        SPF, DKIM, DMARC, one Authentication-Results, DKIM signing (DNSBL, greylisting, content, scoring: not built yet)
+  policy        SPF, DKIM, DMARC, one Authentication-Results, DKIM signing, DNSBL/URIBL, greylisting, content rules, scoring, rspamd/spamd
   archive       journal every accepted message with its envelope, durably, to archives that may be dark
   encrypt       encryption triggers: route to the encryption gateway, require TLS, encrypt inline, or reject
 
 ops:
   check-config  validate a host config: every problem with file:line: key (exit 0 ok, 1 problems)
-  ctl           rules across sites and status: rules apply|list|delete|export, status, archive status|replay, dkim keygen (geomilter ctl --help)
+  ctl           rules across sites and status: rules apply|list|delete|export, status, trail, archive status|replay, dkim keygen (geomilter ctl --help)
   bench milter  drive a milter socket with test transactions and print throughput and latency
   version       print the version
   help          this text
@@ -51,7 +51,7 @@ ops:
 // bench milter accepts each flag listed here.
 var subHelp = map[string]string{
 	"access":       milterHelp("access", "who may send and relay, rate limits across sites"),
-	"policy":       milterHelp("policy", "SPF, DKIM verification, DMARC with one Authentication-Results header, DKIM signing of outbound mail; DNSBL, greylisting, content rules and scoring are not built yet"),
+	"policy":       milterHelp("policy", "SPF, DKIM verification, DMARC with one Authentication-Results header, DKIM signing of outbound mail; DNSBL, DNSWL and URIBL lists, greylisting shared by the sites, content rules, rspamd or spamd as scanners, a score per tenant (tag, quarantine, reject)"),
 	"archive":      milterHelp("archive", "journal every accepted message with its full envelope to a durable local journal before Postfix accepts it (temporary failure when it cannot), and deliver the journal to its targets (SMTP journal reports, a directory, HTTP), each at its own pace"),
 	"encrypt":      milterHelp("encrypt", "encryption triggers (subject tags, rules, card/IBAN/pattern detectors): route to the encryption gateway, TLS-only transport, inline S/MIME or PGP/MIME, or reject"),
 	"check-config": "usage: geomilter check-config [--config FILE]\n\nvalidates a host config the way a milter's start-up does and prints every problem\nwith file:line: key; exit 0 ok, 1 problems, 2 bad command line.\n\nflags:\n  --config FILE   the host config (default /etc/geomilter/geomilter.yaml)\n",
