@@ -46,7 +46,7 @@ type command struct {
 
 // commands are ctl's commands, in the order the usage text lists them.
 var commands = []command{
-	{"rules apply", "-f FILE [--dry-run] [--prune]", "validate FILE, show and write the changes (this site's primary)"},
+	{"rules apply", "-f|--file FILE [--dry-run] [--prune]", "validate FILE, show and write the changes (this site's primary)"},
 	{"rules list", "", "rules and tenants in force (merged over all sites)"},
 	{"rules delete", "ID... [--dry-run]", "delete rules or tenants (tenant:ID) at every site"},
 	{"rules export", "", "print the merged rules as a rules file"},
@@ -54,7 +54,7 @@ var commands = []command{
 	{"archive status", "[--json]", "the archive journal: per target backlog, oldest record, last error, dead letters"},
 	{"archive replay", "--target NAME --since TIME", "send the journal records since TIME (RFC 3339 or 2h) to a target again"},
 	{"trail", "[FILTERS] [--since 2h] [--json]", "each milter's decisions at every site, in time order; FILTERS: --message-id --queue-id --sender --rcpt --client"},
-	{"dkim keygen", "--domain D --selector S [--algorithm rsa|ed25519] [--out FILE|--dir DIR]", "write a DKIM signing key (0600), print its DNS record and signing: entry"},
+	{"dkim keygen", "--domain D --selector S [--algorithm rsa|ed25519] [--bits N] [--out FILE|--dir DIR] [--force]", "write a DKIM signing key (0600), print its DNS record and signing: entry"},
 }
 
 // usage is the text of `geomilter ctl --help`.
