@@ -223,6 +223,9 @@ func (c *connection) endTxn(callAbort bool) {
 		c.safe("abort", func() { c.impl.Abort(&c.st) })
 	}
 	c.srv.met.txns[txnLabel(&c.st)].Inc()
+	if te, ok := c.impl.(TransactionEnder); ok {
+		c.safe("end_transaction", func() { te.EndTransaction(&c.st) })
+	}
 	if cb := c.srv.opts.OnTransaction; cb != nil {
 		c.safe("on_transaction", func() { cb(&c.st) })
 	}

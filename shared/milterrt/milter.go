@@ -52,6 +52,15 @@ type MessageUser interface {
 	UsesMessage() bool
 }
 
+// TransactionEnder is implemented by a Session that must know when the
+// runtime ends a transaction (a suite reports each member's transaction to
+// the member's own hook). EndTransaction is called exactly once per
+// transaction, on the session goroutine, with State.Final set, after Abort
+// (when it is called) and before Options.OnTransaction.
+type TransactionEnder interface {
+	EndTransaction(st *State)
+}
+
 // Session handles the events of one milter connection, one at a time, on the
 // connection's goroutine. Only the stages the Milter listed are called. Embed
 // BaseSession to get no-op methods.
