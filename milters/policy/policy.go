@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -63,6 +64,9 @@ type Milter struct {
 	builtin  []builtinRule // default content rules; nil when off
 	// listRefusals: some IP list rejects or tempfails directly.
 	listRefusals bool
+	// replies are the lists' and greylisting's configured replies, parsed
+	// once (validation has checked them), by their text.
+	replies map[string]rules.Reply
 }
 
 var (
@@ -141,17 +145,31 @@ func NewMilter(o Options) (*Milter, error) {
 	return m, nil
 }
 
+// parseReply keeps a configured reply, parsed; an empty or invalid one
+// (check-config refuses those) leaves the default.
+func (m *Milter) parseReply(text string) {
+	if strings.TrimSpace(text) == "" {
+		return
+	}
+	if rp, err := rules.ParseReply(text); err == nil {
+		m.replies[text] = rp
+	}
+}
+
 // part2 builds the lists, the greylister, the scanners and the built-in
 // content rules from the settings.
 func (m *Milter) part2(o Options) error {
 	st := o.Settings
 	m.ipLists = append(append([]dnsbl.List(nil), st.DNSBL...), st.DNSWL...)
 	m.lists = newListIndex(st)
+	m.replies = map[string]rules.Reply{}
 	for _, l := range st.DNSBL {
 		if l.Action == string(rules.ActionReject) || l.Action == string(rules.ActionTempfail) {
 			m.listRefusals = true
 		}
+		m.parseReply(l.Reply)
 	}
+	m.parseReply(st.Greylist.Reply)
 	store := o.Store
 	if store == nil {
 		store = state.NewMemStore(o.Clock)

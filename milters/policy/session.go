@@ -207,6 +207,20 @@ var defaultReplies = map[string]map[rules.Action][3]string{
 	},
 }
 
+// withReply gives a refusal a configured reply (a rule's, a list's,
+// greylisting's): its code and enhanced code, and its text when it has one
+// (else the check's default text stays).
+func withReply(d milterrt.Decision, rp rules.Reply) milterrt.Decision {
+	if rp.IsZero() {
+		return d
+	}
+	d.Code, d.Enhanced = strconv.Itoa(rp.Code), rp.Enhanced
+	if rp.Text != "" {
+		d.Text = rp.Text
+	}
+	return d
+}
+
 // refuse is the reject or tempfail of an outcome, with the rule's reply
 // when it has one.
 func (s *session) refuse(o outcome) milterrt.Decision {
@@ -221,13 +235,7 @@ func (s *session) refuse(o outcome) milterrt.Decision {
 	reason := o.check + "=" + o.result
 	switch {
 	case o.rule != nil:
-		if rp := o.rule.Reply; !rp.IsZero() {
-			d.Code, d.Enhanced = strconv.Itoa(rp.Code), rp.Enhanced
-			if rp.Text != "" {
-				d.Text = rp.Text
-			}
-		}
-		d = d.WithRule(o.rule.ID)
+		d = withReply(d, o.rule.Reply).WithRule(o.rule.ID)
 		reason += ": policy rule " + o.rule.ID + " (" + o.rule.Scope.String() + "): " + string(o.action)
 	case o.check == "dmarc":
 		reason += ": the domain's published DMARC policy: " + string(o.action)

@@ -183,11 +183,7 @@ func (s *session) listRefusal(st *milterrt.State, tenant string) (milterrt.Decis
 		if h.Action == string(rules.ActionTempfail) {
 			d = milterrt.TempFail("451", "4.7.1", "Service unavailable; client ["+ip+"] listed at "+h.Zone+", try again later")
 		}
-		if h.Reply != "" {
-			if rp, err := rules.ParseReply(h.Reply); err == nil {
-				d.Code, d.Enhanced, d.Text = strconv.Itoa(rp.Code), rp.Enhanced, rp.Text
-			}
-		}
+		d = withReply(d, s.m.replies[h.Reply])
 		return d.WithReason(kindName(h.Kind) + " " + h.Zone + " listed " + h.Target + " (" + h.Answer + "): " + h.Action), true
 	}
 	return milterrt.Decision{}, false
@@ -280,9 +276,7 @@ func (s *session) greylistRcpt(st *milterrt.State, rcpt, tenant string) (milterr
 		return milterrt.Decision{}, false
 	}
 	d := milterrt.TempFail("451", "4.7.1", "Greylisted, please try again later")
-	if rp, err := rules.ParseReply(s.m.settings.Greylist.Reply); err == nil {
-		d.Code, d.Enhanced, d.Text = strconv.Itoa(rp.Code), rp.Enhanced, rp.Text
-	}
+	d = withReply(d, s.m.replies[s.m.settings.Greylist.Reply])
 	return d.WithReason("greylisted (" + string(res.Status) + ")"), true
 }
 
@@ -291,6 +285,7 @@ type contentRun struct {
 	scan     *rules.Scan
 	builtin  *builtinScan
 	report   content.Report
+	kinds    []string // problemKinds(report), once
 	walked   bool
 	uribl    dnsbl.Result
 	scanners []scanner.Result
@@ -371,7 +366,8 @@ func (s *session) runContent(st *milterrt.State) *contentRun {
 			Parts: rep.Parts, Attachments: rep.Attachments, URLs: len(rep.URLDomains),
 			Truncated: rep.Truncated, DurationMS: ms(rep.Duration),
 		}
-		for _, kind := range problemKinds(rep) {
+		run.kinds = problemKinds(rep)
+		for _, kind := range run.kinds {
 			cu.Problems = append(cu.Problems, kind)
 			s.m.met.mimeProblems.WithLabelValues(kind).Inc()
 		}
@@ -468,7 +464,7 @@ func (s *session) judge(st *milterrt.State, rcpt string, base rules.Facts, run *
 		}
 	}
 	if run.walked {
-		for _, kind := range problemKinds(run.report) {
+		for _, kind := range run.kinds {
 			add("mime:"+kind, s.m.settings.Scoring.MIMEProblem)
 		}
 	}
