@@ -8,7 +8,6 @@ import (
 	"reflect"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,25 +15,11 @@ import (
 
 	"github.com/geomilter/geomilter/shared/redistest"
 	"github.com/geomilter/geomilter/shared/state"
+	"github.com/geomilter/geomilter/shared/state/statetest"
 )
 
 // clock is a settable clock shared by a site's store.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Set(t time.Time) {
-	c.mu.Lock()
-	c.t = t
-	c.mu.Unlock()
-}
+type clock = statetest.Clock
 
 // Test budgets: far above a local round trip even on a loaded machine, so a
 // scheduler hiccup does not trip a breaker; the assertions count calls, not
@@ -60,28 +45,13 @@ type site struct {
 // site's primary, waits for every replica to sync, and opens the stores.
 func startSites(t *testing.T, names ...string) map[string]*site {
 	t.Helper()
-	sites := make(map[string]*site, len(names))
 	// Far in the future: absolute expiries computed from this clock (set
 	// members) must lie ahead of the real clock Redis expires keys by.
 	start := time.Date(2100, 1, 1, 0, 30, 0, 0, time.UTC)
-	for n, rs := range redistest.Sites(t, names...) {
-		sites[n] = &site{name: n, primary: rs.Primary, replicas: rs.Replicas, clock: &clock{t: start}}
-	}
-	for _, s := range sites {
-		peers := map[string]state.InstanceConfig{}
-		for p, r := range s.replicas {
-			peers[p] = state.InstanceConfig{Addr: r.Addr}
-		}
-		st, err := state.Open(state.Options{
-			Site: s.name, Local: state.InstanceConfig{Addr: s.primary.Addr}, Peers: peers,
-			Timeout: testTimeout, BulkTimeout: testBulkTimeout, BreakerOpenFor: testOpenFor, BreakerFailures: 3,
-			Clock: s.clock.Now, Logger: zerolog.Nop(),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { st.Close() })
-		s.store = st
+	o := state.Options{Timeout: testTimeout, BulkTimeout: testBulkTimeout, BreakerOpenFor: testOpenFor, BreakerFailures: 3, Logger: zerolog.Nop()}
+	sites := make(map[string]*site, len(names))
+	for n, s := range statetest.Sites(t, o, start, names...) {
+		sites[n] = &site{name: n, primary: s.Primary, replicas: s.Replicas, clock: s.Clock, store: s.Store}
 	}
 	return sites
 }
@@ -89,17 +59,7 @@ func startSites(t *testing.T, names ...string) map[string]*site {
 // poll retries f until it returns nil or the settle deadline passes.
 func poll(t *testing.T, what string, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(settle)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v, still waiting for %s: %v", settle, what, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	statetest.Poll(t, settle, what, f)
 }
 
 // waitReplicated waits until every replica of site `from` holds key with

@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,25 +15,8 @@ import (
 
 	"github.com/geomilter/geomilter/milters/policy/greylist"
 	"github.com/geomilter/geomilter/shared/state"
+	"github.com/geomilter/geomilter/shared/state/statetest"
 )
-
-// clock is a settable clock shared by a store and its greylister.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Set(t time.Time) {
-	c.mu.Lock()
-	c.t = t
-	c.mu.Unlock()
-}
 
 var t0 = time.Date(2100, 1, 1, 12, 0, 0, 0, time.UTC)
 
@@ -157,7 +139,7 @@ func TestCheckMemStore(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			clk := &clock{t: t0}
+			clk := statetest.NewClock(t0)
 			s := greylist.DefaultSettings()
 			s.AutoAllowlist = tc.auto
 			g, err := greylist.New(state.NewMemStore(clk.Now), s, clk.Now, zerolog.Nop(), nil)
@@ -242,7 +224,7 @@ func TestNewRejects(t *testing.T) {
 }
 
 func TestMetricsAndUnknownClient(t *testing.T) {
-	clk := &clock{t: t0}
+	clk := statetest.NewClock(t0)
 	reg := prometheus.NewRegistry()
 	g, err := greylist.New(state.NewMemStore(clk.Now), greylist.DefaultSettings(), clk.Now, zerolog.Nop(), reg)
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/geomilter/geomilter/milters/policy/greylist"
 	"github.com/geomilter/geomilter/shared/redistest"
 	"github.com/geomilter/geomilter/shared/state"
+	"github.com/geomilter/geomilter/shared/state/statetest"
 )
 
 type quietLogger struct{}
@@ -40,49 +41,33 @@ const (
 // site is one site: its Redis (primary + replica of the peer), its store
 // and greylister on one settable clock.
 type site struct {
-	name  string
-	redis *redistest.Site
-	clock *clock
-	store *state.Store
-	grey  *greylist.Greylister
+	*statetest.Site
+	name string
+	grey *greylist.Greylister
 }
 
 func (s *site) check(t *testing.T, at time.Time, tr greylist.Triplet) greylist.Result {
 	t.Helper()
-	s.clock.Set(at)
+	s.Clock.Set(at)
 	return s.grey.Check(context.Background(), tr)
 }
 
-// startSites starts the two-site topology of shared/state's tests: each
-// site a primary and a replica of the other's primary.
+// startSites starts the multi-site topology of shared/state's tests, with a
+// greylister on each site's store. The sightings are stamped by the settable
+// clock, so the delay passes when the test says, however slow the machine;
+// Redis expires the entries in real time, after Delay+RetryWindow (a day):
+// never during the test. Far in the future (t0), so absolute set expiries
+// from this clock lie ahead of Redis's real clock.
 func startSites(t *testing.T, names ...string) map[string]*site {
 	t.Helper()
+	o := state.Options{Timeout: testTimeout, BreakerOpenFor: testOpenFor, BreakerFailures: 3, Logger: zerolog.Nop()}
 	sites := map[string]*site{}
-	for n, rs := range redistest.Sites(t, names...) {
-		// The sightings are stamped by the settable clock, so the delay
-		// passes when the test says, however slow the machine; Redis
-		// expires the entries in real time, after Delay+RetryWindow
-		// (a day): never during the test. Far in the future, so absolute
-		// set expiries from this clock lie ahead of Redis's real clock.
-		clk := &clock{t: t0}
-		peers := map[string]state.InstanceConfig{}
-		for p, r := range rs.Replicas {
-			peers[p] = state.InstanceConfig{Addr: r.Addr}
-		}
-		st, err := state.Open(state.Options{
-			Site: n, Local: state.InstanceConfig{Addr: rs.Primary.Addr}, Peers: peers,
-			Timeout: testTimeout, BreakerOpenFor: testOpenFor, BreakerFailures: 3,
-			Clock: clk.Now, Logger: zerolog.Nop(),
-		})
+	for n, s := range statetest.Sites(t, o, t0, names...) {
+		g, err := greylist.New(s.Store, greylist.DefaultSettings(), s.Clock.Now, zerolog.Nop(), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { st.Close() })
-		g, err := greylist.New(st, greylist.DefaultSettings(), clk.Now, zerolog.Nop(), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sites[n] = &site{name: n, redis: rs, clock: clk, store: st, grey: g}
+		sites[n] = &site{Site: s, name: n, grey: g}
 	}
 	return sites
 }
@@ -95,27 +80,11 @@ func storeKey(siteName string, tr greylist.Triplet) string {
 	return "gm:{" + siteName + "}:gl:" + hex.EncodeToString(sum[:16])
 }
 
-// poll retries f until it returns nil or the settle deadline passes.
-func poll(t *testing.T, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(settle)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v, still waiting for %s: %v", settle, what, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // waitReplicated waits until the replica holds key.
 func waitReplicated(t *testing.T, replica *redistest.Server, key, what string) {
 	t.Helper()
 	c := replica.Client()
-	poll(t, what, func() error {
+	statetest.Poll(t, settle, what, func() error {
 		n, err := c.Exists(context.Background(), key).Result()
 		if err != nil || n != 1 {
 			return fmt.Errorf("not yet (%d, %v)", n, err)
@@ -142,14 +111,14 @@ func TestAcrossSites(t *testing.T) {
 		tr := trip("192.0.2.10")
 		at := t0
 		expect(t, "first attempt at lax", lax.check(t, at, tr), greylist.StatusNew, at)
-		waitReplicated(t, dal.redis.Replicas["lax"], storeKey("lax", tr), "lax's sighting at dal's replica of lax")
+		waitReplicated(t, dal.Replicas["lax"], storeKey("lax", tr), "lax's sighting at dal's replica of lax")
 		// dal knows the sighting at lax: a retry there before the delay
 		// waits out lax's delay, not one of its own.
 		expect(t, "early retry at dal", dal.check(t, at.Add(time.Minute), tr), greylist.StatusWaiting, at)
 		expect(t, "retry at dal after the delay", dal.check(t, at.Add(delay), tr), greylist.StatusPassed, at)
 		// The pass at dal reaches lax: there the delay is not over by
 		// lax's clock, yet the triplet has passed.
-		poll(t, "dal's pass seen at lax", func() error {
+		statetest.Poll(t, settle, "dal's pass seen at lax", func() error {
 			r := lax.check(t, at.Add(2*time.Minute), tr)
 			if r.Status != greylist.StatusPassed || r.Defer || !r.FirstSeen.Equal(at) {
 				return fmt.Errorf("%+v", r)
@@ -159,13 +128,13 @@ func TestAcrossSites(t *testing.T) {
 	})
 
 	t.Run("cut off from each other, each site greylists on its own, and they agree again", func(t *testing.T) {
-		lax.redis.Replicas["dal"].Pause()
-		dal.redis.Replicas["lax"].Pause()
+		lax.Replicas["dal"].Pause()
+		dal.Replicas["lax"].Pause()
 		paused := true
 		resume := func() {
 			if paused {
-				lax.redis.Replicas["dal"].Resume()
-				dal.redis.Replicas["lax"].Resume()
+				lax.Replicas["dal"].Resume()
+				dal.Replicas["lax"].Resume()
 				paused = false
 			}
 		}
@@ -186,7 +155,7 @@ func TestAcrossSites(t *testing.T) {
 		// Once the link is back, both merge both sightings: the earliest
 		// (lax's) is the first sighting everywhere.
 		for _, s := range []*site{lax, dal} {
-			poll(t, "the merged view at "+s.name, func() error {
+			statetest.Poll(t, settle, "the merged view at "+s.name, func() error {
 				r := s.check(t, at.Add(time.Hour), tr)
 				if r.Status != greylist.StatusPassed || r.Defer || !r.FirstSeen.Equal(at) {
 					return fmt.Errorf("%s defer=%v first=%v err=%v", r.Status, r.Defer, r.FirstSeen, r.Err)
@@ -197,8 +166,8 @@ func TestAcrossSites(t *testing.T) {
 	})
 
 	t.Run("own primary frozen: degraded, accepted", func(t *testing.T) {
-		lax.redis.Primary.Pause()
-		defer lax.redis.Primary.Resume()
+		lax.Primary.Pause()
+		defer lax.Primary.Resume()
 		tr := with(trip("203.0.113.30"), "dark@example.org", "b@example.net")
 		for i := 0; i < 5; i++ {
 			r := lax.check(t, t0.Add(2*time.Hour), tr)
