@@ -177,14 +177,14 @@ type suiteSession struct {
 	s  *suite
 	ms []*memberSession
 	// Per transaction.
-	edits   editLog
-	views   []*message.Message // message copies made for later members; closed when it ends
+	edits editLog
+	views []*message.Message // message copies made for later members; closed when it ends
 	// lastView is the newest copy and the edits it holds (len(headers),
 	// bodies): members with no edit between them share one copy.
 	lastView          *message.Message
 	lastHdrs, lastBds int
-	anyQ    *Decision          // the first quarantine held for end of message
-	reportQ bool               // anyQ was handed to the runtime
+	anyQ              *Decision // the first quarantine held for end of message
+	reportQ           bool      // anyQ was handed to the runtime
 }
 
 // guard runs one member call; a panic becomes panicDecision for that member.

@@ -173,9 +173,9 @@ func TestSuiteChainOrderAndRefusals(t *testing.T) {
 		t.Errorf("actions %#x, want add header only", c.ActionOpts)
 	}
 	res := c.Send(t, miltertest.Transaction{
-		Peer:   &miltertest.Peer{Host: "client.example", Family: milter.FamilyInet, Port: 40000, Addr: "192.0.2.10", Helo: "helo.example"},
-		Sender: "a@example.org",
-		Rcpts:  []miltertest.Rcpt{{Addr: "good@example.net"}, {Addr: "bad@example.net"}, {Addr: "grey@example.net"}},
+		Peer:    &miltertest.Peer{Host: "client.example", Family: milter.FamilyInet, Port: 40000, Addr: "192.0.2.10", Helo: "helo.example"},
+		Sender:  "a@example.org",
+		Rcpts:   []miltertest.Rcpt{{Addr: "good@example.net"}, {Addr: "bad@example.net"}, {Addr: "grey@example.net"}},
 		Headers: []miltertest.Header{{Name: "Subject", Value: " hi"}},
 		Body:    strings.NewReader("body\r\n"),
 	})
