@@ -2,35 +2,11 @@ package mimewalk
 
 import (
 	"io"
-	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/geomilter/geomilter/shared/memtest"
 )
-
-// repeat reads pattern over and over, n bytes in all, without holding more
-// than the pattern: a large message costs the test no memory of its own.
-type repeat struct {
-	pattern string
-	off     int
-	n       int64
-}
-
-func (r *repeat) Read(p []byte) (int, error) {
-	if r.n <= 0 {
-		return 0, io.EOF
-	}
-	if int64(len(p)) > r.n {
-		p = p[:r.n]
-	}
-	n := 0
-	for n < len(p) {
-		c := copy(p[n:], r.pattern[r.off:])
-		n += c
-		r.off = (r.off + c) % len(r.pattern)
-	}
-	r.n -= int64(n)
-	return n, nil
-}
 
 // bigMessage is a message of about total bytes: a long quoted-printable text
 // part, an HTML part that is one text run, a base64 attachment, and a part
@@ -40,33 +16,15 @@ func bigMessage(total int64) io.Reader {
 	s := strings.NewReader
 	return io.MultiReader(
 		s("Content-Type: multipart/mixed; boundary=big\r\n\r\n--big\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"),
-		&repeat{pattern: "Caf=E9 card 4111 1111 1111 1111 and a soft =\r\nbreak, more text here.\r\n", n: q},
+		memtest.Repeat("Caf=E9 card 4111 1111 1111 1111 and a soft =\r\nbreak, more text here.\r\n", q),
 		s("\r\n--big\r\nContent-Type: text/html\r\n\r\n<p>"),
-		&repeat{pattern: "text &amp; more text without any tag ", n: q},
+		memtest.Repeat("text &amp; more text without any tag ", q),
 		s("\r\n--big\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=a.bin\r\nContent-Transfer-Encoding: base64\r\n\r\n"),
-		&repeat{pattern: strings.Repeat("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo", 2) + "\r\n", n: 2 * q},
+		memtest.Repeat(strings.Repeat("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo", 2)+"\r\n", 2*q),
 		s("\r\n--big\r\nContent-Type: text/plain\r\n\r\n"),
-		&repeat{pattern: "no line end at all ", n: q},
+		memtest.Repeat("no line end at all ", q),
 		s("\r\n--big--\r\n"),
 	)
-}
-
-// sampler reads through r and samples the heap every MiB.
-type sampler struct {
-	r    io.Reader
-	n    int64
-	peak uint64
-	ms   runtime.MemStats
-}
-
-func (s *sampler) Read(p []byte) (int, error) {
-	n, err := s.r.Read(p)
-	if s.n/(1<<20) != (s.n+int64(n))/(1<<20) {
-		runtime.ReadMemStats(&s.ms)
-		s.peak = max(s.peak, s.ms.HeapAlloc)
-	}
-	s.n += int64(n)
-	return n, err
 }
 
 // TestMemoryBounded walks a 50 MB message, reading every decoded byte (no
@@ -78,26 +36,22 @@ func TestMemoryBounded(t *testing.T) {
 		t.Skip("50 MB walk")
 	}
 	const size = 50 << 20
-	runtime.GC()
-	var before runtime.MemStats
-	runtime.ReadMemStats(&before)
-	s := &sampler{r: bigMessage(size)}
+	base := memtest.Start()
+	s := &memtest.Sampler{R: bigMessage(size)}
 	var decoded int64
 	res, err := Walk(s, Limits{MaxDecodedBytes: 1 << 40}, func(p *Part, body io.Reader) error {
-		n, err := io.Copy(io.Discard, &sampler{r: TextReader(p, body)})
+		n, err := io.Copy(io.Discard, &memtest.Sampler{R: TextReader(p, body)})
 		decoded += n
 		return err
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	runtime.ReadMemStats(&s.ms)
-	s.peak = max(s.peak, s.ms.HeapAlloc)
-	growth := int64(s.peak) - int64(before.HeapAlloc)
+	growth := s.Growth(base)
 	t.Logf("read %d bytes, decoded %d, %d parts, peak heap growth %.1f MiB, problems %v",
-		s.n, decoded, res.Visited, float64(growth)/(1<<20), res.Problems)
-	if s.n < size || res.Visited != 4 || decoded < size/2 {
-		t.Errorf("read %d, visited %d, decoded %d: the message was not walked whole", s.n, res.Visited, decoded)
+		s.N, decoded, res.Visited, float64(growth)/(1<<20), res.Problems)
+	if s.N < size || res.Visited != 4 || decoded < size/2 {
+		t.Errorf("read %d, visited %d, decoded %d: the message was not walked whole", s.N, res.Visited, decoded)
 	}
 	if growth > 16<<20 {
 		t.Errorf("heap grew by %d bytes walking a %d-byte message; want under 16 MiB", growth, size)

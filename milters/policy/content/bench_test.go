@@ -4,35 +4,11 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"io"
-	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/geomilter/geomilter/shared/memtest"
 )
-
-// repeat reads pattern over and over, n bytes in all, without holding more
-// than the pattern: a large message costs the test no memory of its own.
-type repeat struct {
-	pattern string
-	off     int
-	n       int64
-}
-
-func (r *repeat) Read(p []byte) (int, error) {
-	if r.n <= 0 {
-		return 0, io.EOF
-	}
-	if int64(len(p)) > r.n {
-		p = p[:r.n]
-	}
-	n := 0
-	for n < len(p) {
-		c := copy(p[n:], r.pattern[r.off:])
-		n += c
-		r.off = (r.off + c) % len(r.pattern)
-	}
-	r.n -= int64(n)
-	return n, nil
-}
 
 // zipRun is the base64 of one stored zip entry (header, name, data starting
 // with MZ) of 114 bytes: two base64 lines, so that repeating the text
@@ -59,33 +35,15 @@ func bigMessage(total int64) io.Reader {
 	s := strings.NewReader
 	return io.MultiReader(
 		s("Content-Type: multipart/mixed; boundary=big\r\n\r\n--big\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"),
-		&repeat{pattern: "Caf=E9 see http://www.example.com/x and www.example.org, a soft =\r\nbreak, more text here.\r\n", n: q},
+		memtest.Repeat("Caf=E9 see http://www.example.com/x and www.example.org, a soft =\r\nbreak, more text here.\r\n", q),
 		s("\r\n--big\r\nContent-Type: text/html\r\n\r\n<p>"),
-		&repeat{pattern: `text &amp; <a href="https://link.example.net/?a=1&amp;b=2">more</a> text without any line end `, n: q},
+		memtest.Repeat(`text &amp; <a href="https://link.example.net/?a=1&amp;b=2">more</a> text without any line end `, q),
 		s("\r\n--big\r\nContent-Type: application/zip\r\nContent-Disposition: attachment; filename=a.zip\r\nContent-Transfer-Encoding: base64\r\n\r\n"),
-		&repeat{pattern: zipRun, n: 2 * q / int64(len(zipRun)) * int64(len(zipRun))},
+		memtest.Repeat(zipRun, 2*q/int64(len(zipRun))*int64(len(zipRun))),
 		s("\r\n--big\r\nContent-Type: text/plain\r\n\r\n"),
-		&repeat{pattern: "no line end at all ", n: q},
+		memtest.Repeat("no line end at all ", q),
 		s("\r\n--big--\r\n"),
 	)
-}
-
-// sampler reads through r and samples the heap every MiB.
-type sampler struct {
-	r    io.Reader
-	n    int64
-	peak uint64
-	ms   runtime.MemStats
-}
-
-func (s *sampler) Read(p []byte) (int, error) {
-	n, err := s.r.Read(p)
-	if s.n/(1<<20) != (s.n+int64(n))/(1<<20) {
-		runtime.ReadMemStats(&s.ms)
-		s.peak = max(s.peak, s.ms.HeapAlloc)
-	}
-	s.n += int64(n)
-	return n, err
 }
 
 // counter is a Sink that counts.
@@ -104,22 +62,18 @@ func TestMemoryBounded(t *testing.T) {
 		t.Skip("50 MB walk")
 	}
 	const size = 50 << 20
-	runtime.GC()
-	var before runtime.MemStats
-	runtime.ReadMemStats(&before)
-	s := &sampler{r: bigMessage(size)}
+	base := memtest.Start()
+	s := &memtest.Sampler{R: bigMessage(size)}
 	var c counter
 	rep, err := Walk(s, -1, &c, Limits{MaxScanBytes: 1 << 40})
 	if err != nil {
 		t.Fatal(err)
 	}
-	runtime.ReadMemStats(&s.ms)
-	s.peak = max(s.peak, s.ms.HeapAlloc)
-	growth := int64(s.peak) - int64(before.HeapAlloc)
+	growth := s.Growth(base)
 	t.Logf("read %d bytes, %d lines, %d attachments, %d hosts, domains %q, peak heap growth %.1f MiB, %v",
-		s.n, c.lines, c.attach, c.urls, rep.URLDomains, float64(growth)/(1<<20), rep.Duration)
-	if s.n < size*9/10 || rep.TextParts != 3 || c.attach != 1+DefaultMaxZipEntries || rep.ZipProblems != 1 || c.urls != 3 {
-		t.Errorf("read %d, report %+v, sink %+v: the message was not walked whole", s.n, rep, c)
+		s.N, c.lines, c.attach, c.urls, rep.URLDomains, float64(growth)/(1<<20), rep.Duration)
+	if s.N < size*9/10 || rep.TextParts != 3 || c.attach != 1+DefaultMaxZipEntries || rep.ZipProblems != 1 || c.urls != 3 {
+		t.Errorf("read %d, report %+v, sink %+v: the message was not walked whole", s.N, rep, c)
 	}
 	if growth > 16<<20 {
 		t.Errorf("heap grew by %d bytes walking a %d-byte message; want under 16 MiB", growth, size)
