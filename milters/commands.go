@@ -14,10 +14,11 @@ import (
 
 	"github.com/geomilter/geomilter/shared/config"
 	"github.com/geomilter/geomilter/shared/milterload"
-	"github.com/geomilter/geomilter/shared/service"
 )
 
-func runMilter(name string, f service.Factory, args []string, stderr io.Writer) int {
+// runMilter runs a milter process (one milter, or the suite) in the
+// foreground: run gets the config path and returns when the process ends.
+func runMilter(name string, args []string, stderr io.Writer, run func(cfgPath string) error) int {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", "/etc/geomilter/geomilter.yaml", "config file")
@@ -25,7 +26,7 @@ func runMilter(name string, f service.Factory, args []string, stderr io.Writer) 
 		return 2
 	}
 	// GEOMILTER_CPUPROFILE=DIR writes a CPU profile of the whole run to
-	// DIR/<milter>-<pid>.prof: for measuring under real Postfix load
+	// DIR/<milter>-<pid>.prof (suite-<pid>.prof for the suite): for measuring under real Postfix load
 	// (BENCHMARKS.md), not for production.
 	if dir := os.Getenv("GEOMILTER_CPUPROFILE"); dir != "" {
 		stop, err := startProfile(filepath.Join(dir, fmt.Sprintf("%s-%d.prof", name, os.Getpid())))
@@ -35,7 +36,7 @@ func runMilter(name string, f service.Factory, args []string, stderr io.Writer) 
 		}
 		defer stop()
 	}
-	if err := service.Run(name, *cfgPath, f, stderr); err != nil {
+	if err := run(*cfgPath); err != nil {
 		fmt.Fprintf(stderr, "geomilter %s: %v\n", name, err)
 		return 1
 	}

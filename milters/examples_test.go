@@ -9,7 +9,7 @@ import (
 )
 
 // TestExampleConfigsPassCheckConfig: each host config in deploy/examples (the
-// standalone geomilter.yaml, the two-site pair) passes `geomilter check-config`
+// standalone geomilter.yaml, the one-socket suite.yaml, the two-site pair) passes `geomilter check-config`
 // on a host that has what it names: the paths are moved under a temporary
 // directory holding the rules example, a Redis password file and the socket
 // directory, as an installation would provide them.
@@ -70,7 +70,7 @@ func TestExampleConfigsPassCheckConfig(t *testing.T) {
 			}
 		})
 	}
-	if n < 3 {
-		t.Errorf("found %d host configs in deploy/examples; want geomilter.yaml and two-site/lax.yaml, dal.yaml", n)
+	if n < 4 {
+		t.Errorf("found %d host configs in deploy/examples; want geomilter.yaml, suite.yaml and two-site/lax.yaml, dal.yaml", n)
 	}
 }

@@ -14,13 +14,14 @@ func TestHelp(t *testing.T) {
 		args []string
 		want []string // each must appear in the help
 	}{
-		{[]string{"--help"}, []string{"access", "policy", "archive", "encrypt", "check-config", "ctl", "bench milter", "version", "greylisting", "trail"}},
+		{[]string{"--help"}, []string{"access", "policy", "archive", "encrypt", "suite", "one socket", "check-config", "ctl", "bench milter", "version", "greylisting", "trail"}},
 		{[]string{"help"}, []string{"access", "check-config"}},
 		{[]string{"-h"}, []string{"access", "check-config"}},
 		{[]string{"access", "--help"}, []string{"usage: geomilter access", "--config FILE"}},
 		{[]string{"policy", "--help"}, []string{"usage: geomilter policy", "--config FILE", "DKIM signing", "greylisting", "scanners"}},
 		{[]string{"archive", "--help"}, []string{"usage: geomilter archive", "--config FILE", "journal", "temporary failure"}},
 		{[]string{"encrypt", "--help"}, []string{"usage: geomilter encrypt", "--config FILE", "encryption gateway", "inline S/MIME"}},
+		{[]string{"suite", "--help"}, []string{"usage: geomilter suite", "--config FILE", "milters.suite.members", "one milter\nsocket", "SIGHUP"}},
 		{[]string{"check-config", "--help"}, []string{"usage: geomilter check-config", "--config FILE"}},
 		{[]string{"bench", "milter", "--help"}, []string{"usage: geomilter bench milter", "--socket", "--json"}},
 		{[]string{"version", "--help"}, []string{"usage: geomilter version"}},

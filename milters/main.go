@@ -2,6 +2,7 @@
 // as its own process (own socket, own systemd unit), plus the ops subcommands.
 //
 //	geomilter access|policy|archive|encrypt --config FILE   run one milter in the foreground
+//	geomilter suite --config FILE                            run milters.suite's members behind one socket
 //	geomilter check-config --config FILE                     validate a config file
 //	geomilter ctl [--config FILE] rules|status|trail|…      ops: rules apply/list/delete/export, status, trail
 //	geomilter bench milter [flags]                           load a milter socket over the milter protocol
@@ -20,6 +21,7 @@ import (
 	"github.com/geomilter/geomilter/milters/encrypt"
 	"github.com/geomilter/geomilter/milters/policy"
 	"github.com/geomilter/geomilter/shared/buildinfo"
+	"github.com/geomilter/geomilter/shared/config"
 	"github.com/geomilter/geomilter/shared/service"
 )
 
@@ -37,6 +39,7 @@ milters (each runs in the foreground; SIGTERM stops gracefully, SIGHUP reloads t
   policy        SPF, DKIM, DMARC, one Authentication-Results, DKIM signing, DNSBL/URIBL, greylisting, content rules, scoring, rspamd/spamd
   archive       journal every accepted message with its envelope, durably, to archives that may be dark
   encrypt       encryption triggers: route to the encryption gateway, require TLS, encrypt inline, or reject
+  suite         several of the milters in one process behind one socket (milters.suite: listen, members)
 
 ops:
   check-config  validate a host config: every problem with file:line: key (exit 0 ok, 1 problems)
@@ -50,10 +53,16 @@ ops:
 // Each flag on one line; TestHelp checks every command answers --help and that
 // bench milter accepts each flag listed here.
 var subHelp = map[string]string{
-	"access":       milterHelp("access", "who may send and relay, rate limits across sites"),
-	"policy":       milterHelp("policy", "SPF, DKIM verification, DMARC with one Authentication-Results header, DKIM signing of outbound mail; DNSBL, DNSWL and URIBL lists, greylisting shared by the sites, content rules, rspamd or spamd as scanners, a score per tenant (tag, quarantine, reject)"),
-	"archive":      milterHelp("archive", "journal every accepted message with its full envelope to a durable local journal before Postfix accepts it (temporary failure when it cannot), and deliver the journal to its targets (SMTP journal reports, a directory, HTTP), each at its own pace"),
-	"encrypt":      milterHelp("encrypt", "encryption triggers (subject tags, rules, card/IBAN/pattern detectors): route to the encryption gateway, TLS-only transport, inline S/MIME or PGP/MIME, or reject"),
+	"access":  milterHelp("access", "who may send and relay, rate limits across sites"),
+	"policy":  milterHelp("policy", "SPF, DKIM verification, DMARC with one Authentication-Results header, DKIM signing of outbound mail; DNSBL, DNSWL and URIBL lists, greylisting shared by the sites, content rules, rspamd or spamd as scanners, a score per tenant (tag, quarantine, reject)"),
+	"archive": milterHelp("archive", "journal every accepted message with its full envelope to a durable local journal before Postfix accepts it (temporary failure when it cannot), and deliver the journal to its targets (SMTP journal reports, a directory, HTTP), each at its own pace"),
+	"encrypt": milterHelp("encrypt", "encryption triggers (subject tags, rules, card/IBAN/pattern detectors): route to the encryption gateway, TLS-only transport, inline S/MIME or PGP/MIME, or reject"),
+	"suite": "usage: geomilter suite [--config FILE]\n\nruns the milters listed in milters.suite.members in one process, behind one milter\n" +
+		"socket (milters.suite.listen), in chain order: Postfix opens one connection per SMTP\n" +
+		"session instead of one per milter. Each member keeps its own milters.<name> section,\n" +
+		"trail spool, rules and metrics labels (docs/configuration.md, docs/postfix.md).\n" +
+		"SIGTERM: graceful stop; SIGHUP: reload the config (an invalid one is logged and the running one kept).\n\n" +
+		"flags:\n  --config FILE   the host config (default /etc/geomilter/geomilter.yaml)\n",
 	"check-config": "usage: geomilter check-config [--config FILE]\n\nvalidates a host config the way a milter's start-up does and prints every problem\nwith file:line: key; exit 0 ok, 1 problems, 2 bad command line.\n\nflags:\n  --config FILE   the host config (default /etc/geomilter/geomilter.yaml)\n",
 	"bench": `usage: geomilter bench milter --socket unix:/path|inet:host:port [flags]
 
@@ -109,9 +118,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	if f, ok := factories[cmd]; ok {
-		return runMilter(cmd, f, rest, stderr)
+		return runMilter(cmd, rest, stderr, func(cfgPath string) error { return service.Run(cmd, cfgPath, f, stderr) })
 	}
 	switch cmd {
+	case config.SuiteName:
+		return runMilter(cmd, rest, stderr, func(cfgPath string) error { return service.RunSuite(cfgPath, factories, stderr) })
 	case "check-config":
 		return checkConfig(rest, stdout, stderr)
 	case "ctl":

@@ -93,7 +93,7 @@ func (h *hostChecker) run(milter string, withRules bool) yamlconf.Problems {
 	}
 	h.dir("state_dir", c.StateDir)
 	h.dir("spool_dir", c.SpoolDir)
-	for _, name := range MilterNames() {
+	for _, name := range ProcessNames() {
 		m, ok := c.Milter(name)
 		if !ok || (milter != "" && name != milter) {
 			continue

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -138,12 +139,28 @@ type DNSConfig struct {
 	CacheSize int `yaml:"cache_size"`
 }
 
-// MiltersConfig has one optional section per milter.
+// MiltersConfig has one optional section per milter, and the optional
+// suite: several of them hosted in one process behind one socket.
 type MiltersConfig struct {
 	Access  *MilterConfig `yaml:"access"`
 	Policy  *MilterConfig `yaml:"policy"`
 	Archive *MilterConfig `yaml:"archive"`
 	Encrypt *MilterConfig `yaml:"encrypt"`
+	Suite   *SuiteConfig  `yaml:"suite"`
+}
+
+// SuiteName is the name of the process that hosts several milters behind
+// one socket (`geomilter suite`, milters.suite).
+const SuiteName = "suite"
+
+// SuiteConfig is milters.suite: the process keys of a milter section
+// (listen, max_sessions, …, which apply to the suite's one socket and
+// process) and the members, in chain order. Each member keeps its own
+// milters.<name> section for its settings; there its listen is optional,
+// since it is used only when the milter runs alone.
+type SuiteConfig struct {
+	MilterConfig `yaml:",inline"`
+	Members      []string `yaml:"members"`
 }
 
 // MilterConfig is how one milter process listens and bounds its sessions.
@@ -174,6 +191,10 @@ type MilterConfig struct {
 // MilterNames lists the milters in metrics-port offset order: access is
 // metrics.listen's port + 0, policy + 1, archive + 2, encrypt + 3.
 func MilterNames() []string { return []string{"access", "policy", "archive", "encrypt"} }
+
+// ProcessNames lists what can run as a process, in metrics-port offset
+// order: the four milters, then the suite (+ 4).
+func ProcessNames() []string { return append(MilterNames(), SuiteName) }
 
 // Defaults for keys absent from the file.
 const (
@@ -282,7 +303,8 @@ func rulesKeys(doc *yamlconf.Doc) string {
 func (c *Config) Standalone() bool { return c.Redis == nil }
 
 // Milter returns the section of the named milter, and whether it is present
-// (a milter runs only where its section is).
+// (a milter runs only where its section is). For SuiteName it is the
+// suite's process keys (the common keys of milters.suite).
 func (c *Config) Milter(name string) (*MilterConfig, bool) {
 	var m *MilterConfig
 	switch name {
@@ -294,8 +316,30 @@ func (c *Config) Milter(name string) (*MilterConfig, bool) {
 		m = c.Milters.Archive
 	case "encrypt":
 		m = c.Milters.Encrypt
+	case SuiteName:
+		if c.Milters.Suite != nil {
+			m = &c.Milters.Suite.MilterConfig
+		}
 	}
 	return m, m != nil
+}
+
+// Suite returns milters.suite, and whether it is present.
+func (c *Config) Suite() (*SuiteConfig, bool) { return c.Milters.Suite, c.Milters.Suite != nil }
+
+// InSuite reports whether the named milter is a member of milters.suite.
+func (c *Config) InSuite(milter string) bool {
+	return c.Milters.Suite != nil && slices.Contains(c.Milters.Suite.Members, milter)
+}
+
+// ProcessOf names the process that serves the named milter on this host:
+// SuiteName when it is a member of the suite, else the milter itself. The
+// ops tools reach a milter's endpoints at MetricsListen(ProcessOf(name)).
+func (c *Config) ProcessOf(milter string) string {
+	if c.InSuite(milter) {
+		return SuiteName
+	}
+	return milter
 }
 
 // applyDefaults fills keys absent from the file. Present keys are left
@@ -339,7 +383,7 @@ func applyDefaults(c *Config, doc *yamlconf.Doc, hostname func() (string, error)
 	setDefault(doc, "dns.timeout", &c.DNS.Timeout, DefaultDNSTimeout)
 	setDefault(doc, "dns.message_budget", &c.DNS.MessageBudget, DefaultDNSMessageBudget)
 	setDefault(doc, "dns.cache_size", &c.DNS.CacheSize, DefaultDNSCacheSize)
-	for _, name := range MilterNames() {
+	for _, name := range ProcessNames() {
 		m, ok := c.Milter(name)
 		if !ok {
 			continue

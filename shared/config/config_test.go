@@ -191,6 +191,7 @@ func TestMetricsListen(t *testing.T) {
 		{"policy", "127.0.0.1:9465", ""},
 		{"archive", "0.0.0.0:9999", ""},
 		{"encrypt", "127.0.0.1:9467", ""},
+		{"suite", "127.0.0.1:9468", ""},
 		{"spam", "", `unknown milter "spam"`},
 	} {
 		got, err := cfg.MetricsListen(tt.milter)
@@ -205,6 +206,53 @@ func TestMetricsListen(t *testing.T) {
 	cfg.Metrics.Listen = "127.0.0.1:65535"
 	if _, err := cfg.MetricsListen("policy"); err == nil || !strings.Contains(err.Error(), "past 65535") {
 		t.Errorf("overflow: err = %v", err)
+	}
+}
+
+// TestSuite: milters.suite hosts its members; a member's own section keeps
+// its settings and may leave listen out; the suite's process keys get the
+// defaults of a milter section; the ops tools find a member's endpoints at
+// the suite's metrics address.
+func TestSuite(t *testing.T) {
+	cfg, err := Load("testdata/good/suite.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, ok := cfg.Suite()
+	if !ok || !reflect.DeepEqual(s.Members, []string{"access", "policy", "encrypt", "archive"}) {
+		t.Fatalf("suite = %+v, %v", s, ok)
+	}
+	mc, ok := cfg.Milter(SuiteName)
+	want := MilterConfig{Listen: "unix:/run/geomilter/suite.sock", MaxSessions: 1024, IdleTimeout: DefaultIdleTimeout,
+		ShutdownTimeout: DefaultShutdownTimeout, MaxProcs: DefaultMaxProcs, MessageDir: "/var/spool/geomilter/suite/messages", MessageMemory: DefaultMessageMemory}
+	if !ok || mc != &s.MilterConfig || !reflect.DeepEqual(*mc, want) {
+		t.Errorf("Milter(suite) = %+v, want %+v", mc, want)
+	}
+	for _, tt := range []struct {
+		milter, process, metrics string
+		inSuite                  bool
+	}{
+		{"access", "suite", "127.0.0.1:9464", true},
+		{"policy", "suite", "127.0.0.1:9465", true},
+		{"archive", "suite", "127.0.0.1:9466", true},
+		{"encrypt", "suite", "127.0.0.1:9467", true},
+		{"suite", "suite", "127.0.0.1:9468", false},
+	} {
+		addr, err := cfg.MetricsListen(tt.milter)
+		if cfg.InSuite(tt.milter) != tt.inSuite || cfg.ProcessOf(tt.milter) != tt.process || err != nil || addr != tt.metrics {
+			t.Errorf("%s: InSuite %v, ProcessOf %q, MetricsListen %q, %v", tt.milter, cfg.InSuite(tt.milter), cfg.ProcessOf(tt.milter), addr, err)
+		}
+	}
+	if pol, _ := cfg.Milter("policy"); pol.Listen != "" {
+		t.Errorf("milters.policy.listen = %q, want none (a suite member)", pol.Listen)
+	}
+	// Without a suite every milter is its own process.
+	alone, err := Load("testdata/good/standalone.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := alone.Suite(); ok || alone.InSuite("access") || alone.ProcessOf("access") != "access" {
+		t.Errorf("standalone.yaml: suite %v, InSuite(access) %v, ProcessOf(access) %q", ok, alone.InSuite("access"), alone.ProcessOf("access"))
 	}
 }
 
@@ -231,8 +279,9 @@ func FuzzLoad(f *testing.F) {
 			}
 			return
 		}
-		for _, m := range MilterNames() {
-			if _, ok := cfg.Milter(m); ok {
+		for _, m := range ProcessNames() {
+			// A suite member without a listen has no metrics of its own.
+			if mc, ok := cfg.Milter(m); ok && (mc.Listen != "" || !cfg.InSuite(m)) {
 				if _, err := cfg.MetricsListen(m); err != nil {
 					t.Fatalf("valid config but MetricsListen(%s): %v", m, err)
 				}

@@ -51,8 +51,12 @@ func TestDocsCoverEveryKey(t *testing.T) {
 			return
 		}
 		for i := 0; i < typ.NumField(); i++ {
-			name, _, _ := strings.Cut(typ.Field(i).Tag.Get("yaml"), ",")
+			name, opts, _ := strings.Cut(typ.Field(i).Tag.Get("yaml"), ",")
 			if name == "-" {
+				continue
+			}
+			if strings.Contains(","+opts+",", ",inline,") {
+				walk(typ.Field(i).Type, path) // its keys sit beside the others
 				continue
 			}
 			p := name

@@ -105,6 +105,30 @@ milters:
 	}
 }
 
+// TestCheckStartSuite: the suite's start-up checks the suite's socket, not
+// those its members would use alone.
+func TestCheckStartSuite(t *testing.T) {
+	root := testHost(t)
+	in := `site: home
+rules_file: /etc/geomilter/nope.yaml
+state_dir: /var/lib/geomilter
+spool_dir: /var/spool/geomilter
+milters:
+  access: {listen: "unix:/run/nothing/access.sock"}
+  policy: {}
+  suite: {listen: "unix:/run/missing/suite.sock", members: [access, policy]}
+`
+	cfg, err := config.Parse("s.yaml", []byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := lines(config.CheckStartUnder(cfg, "suite", root))
+	if !strings.Contains(got, "s.yaml:8:11: milters.suite.listen: the socket directory /run/missing does not exist") ||
+		strings.Contains(got, "milters.access") {
+		t.Errorf("suite start:\n%s", got)
+	}
+}
+
 func lines(ps yamlconf.Problems) string {
 	var b strings.Builder
 	for _, p := range ps {

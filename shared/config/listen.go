@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -84,20 +85,16 @@ func validHost(h string) bool {
 	return hostnameRe.MatchString(h)
 }
 
-// MetricsListen returns the metrics address of the named milter's process:
-// milters.<name>.metrics_listen when set, else metrics.listen with the port
-// moved up by the milter's offset (access +0, policy +1, archive +2,
-// encrypt +3), so the four processes of a host never collide. A base port of
-// 0 (any free port) stays 0.
+// MetricsListen returns the metrics address of the named process (a
+// milter, or SuiteName): milters.<name>.metrics_listen when set, else
+// metrics.listen with the port moved up by the process's offset (access +0,
+// policy +1, archive +2, encrypt +3, suite +4), so the processes of a host
+// never collide, whichever of them run. A base port of 0 (any free port)
+// stays 0.
 func (c *Config) MetricsListen(milter string) (string, error) {
-	offset := -1
-	for i, n := range MilterNames() {
-		if n == milter {
-			offset = i
-		}
-	}
+	offset := slices.Index(ProcessNames(), milter)
 	if offset < 0 {
-		return "", fmt.Errorf("unknown milter %q (known: %s)", milter, strings.Join(MilterNames(), ", "))
+		return "", fmt.Errorf("unknown milter %q (known: %s)", milter, strings.Join(ProcessNames(), ", "))
 	}
 	if m, ok := c.Milter(milter); ok && m.MetricsListen != "" {
 		return m.MetricsListen, nil

@@ -268,17 +268,22 @@ func (v validator) milters(c *Config) {
 		}
 		taken[key] = who
 	}
-	for _, name := range MilterNames() {
+	for _, name := range ProcessNames() {
 		m, ok := c.Milter(name)
 		if !ok {
 			continue
 		}
 		p := "milters." + name
-		if m.Listen == "" {
+		// A suite member without a listen runs only inside the suite: it has
+		// no socket and no metrics address of its own to claim.
+		alone := m.Listen != "" || !c.InSuite(name)
+		switch network, addr, err := ParseListen(m.Listen); {
+		case !alone: // served on milters.suite.listen
+		case m.Listen == "":
 			v.doc.Problemf(p+".listen", "required: unix:/path or inet:host:port")
-		} else if network, addr, err := ParseListen(m.Listen); err != nil {
+		case err != nil:
 			v.doc.Problemf(p+".listen", "%v", err)
-		} else {
+		default:
 			claim(network+":"+addr, p+".listen", p+".listen")
 		}
 		if m.MetricsListen != "" {
@@ -287,11 +292,11 @@ func (v validator) milters(c *Config) {
 			} else {
 				claim("tcp:"+addr, p+".metrics_listen", p+".metrics_listen")
 			}
-		} else if _, err := hostPort(c.Metrics.Listen, true); err == nil {
+		} else if _, err := hostPort(c.Metrics.Listen, true); err == nil && alone {
 			if addr, err := c.MetricsListen(name); err != nil {
 				v.doc.Problemf(p+".metrics_listen", "%v", err)
 			} else {
-				claim("tcp:"+addr, p, fmt.Sprintf("the metrics of %s (metrics.listen + %d)", p, slices.Index(MilterNames(), name)))
+				claim("tcp:"+addr, p, fmt.Sprintf("the metrics of %s (metrics.listen + %d)", p, slices.Index(ProcessNames(), name)))
 			}
 		}
 		if m.MaxSessions < 1 {
@@ -307,6 +312,40 @@ func (v validator) milters(c *Config) {
 		}
 		if m.MaxProcs < 0 || m.MaxProcs > 4096 {
 			v.doc.Problemf(p+".max_procs", "must be between 0 (all CPUs) and 4096, got %d", m.MaxProcs)
+		}
+	}
+	if s, ok := c.Suite(); ok {
+		v.suiteMembers(c, s)
+	}
+}
+
+// suiteMembers checks milters.suite.members: at least one, each a milter
+// name at most once, each with its own section (its settings: rules,
+// targets, keys…; its listen may be left out).
+func (v validator) suiteMembers(c *Config, s *SuiteConfig) {
+	const p = "milters.suite.members"
+	if len(s.Members) == 0 {
+		if !v.doc.Has(p) {
+			v.doc.Problemf(p, "required: the milters the suite runs, in chain order, e.g. [access, policy, encrypt, archive]")
+		} else {
+			v.doc.Problemf(p, "lists no milter: name at least one of %s", strings.Join(MilterNames(), ", "))
+		}
+		return
+	}
+	seen := make(map[string]int)
+	for i, name := range s.Members {
+		ep := fmt.Sprintf("%s[%d]", p, i)
+		if j, dup := seen[name]; dup {
+			v.doc.Problemf(ep, "%q is listed twice (also members[%d]); a milter runs once per message", name, j)
+			continue
+		}
+		seen[name] = i
+		if !isMilterName(name) {
+			v.doc.Problemf(ep, "unknown milter %q (known: %s)", name, strings.Join(MilterNames(), ", "))
+			continue
+		}
+		if _, ok := c.Milter(name); !ok {
+			v.doc.Problemf(ep, "%s has no milters.%s section: add one for its settings (its listen may be left out), e.g. %s: {}", name, name, name)
 		}
 	}
 }

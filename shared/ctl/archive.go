@@ -77,13 +77,14 @@ func (t *tool) archive(ctx context.Context, args []string) int {
 	return ExitUsage
 }
 
-// archiveURL is the archive milter's metrics listener, from the config.
+// archiveURL is the archive milter's metrics listener (its process's: the
+// suite's when archive is a member), from the config.
 func (t *tool) archiveURL(path string) (string, bool) {
 	if _, ok := t.cfg.Milter("archive"); !ok {
 		fmt.Fprintf(t.errw, "geomilter ctl: %s has no milters.archive section\n", t.cfgPath)
 		return "", false
 	}
-	addr, err := t.cfg.MetricsListen("archive")
+	addr, err := t.cfg.MetricsListen(t.cfg.ProcessOf("archive")) // the suite's, when archive is a member
 	if err != nil {
 		fmt.Fprintf(t.errw, "geomilter ctl: %v\n", err)
 		return "", false

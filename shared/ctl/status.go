@@ -159,17 +159,23 @@ func (t *tool) statusMilters(ctx context.Context) []string {
 		if _, ok := t.cfg.Milter(name); !ok {
 			continue
 		}
-		addr, err := t.cfg.MetricsListen(name)
+		// A member of milters.suite is served, metrics included, by the suite.
+		label := name
+		if t.cfg.ProcessOf(name) != name {
+			label += " (suite)"
+		}
+		addr, err := t.cfg.MetricsListen(t.cfg.ProcessOf(name))
 		if err != nil {
 			problems = append(problems, fmt.Sprintf("%s: %v", name, err))
 			continue
 		}
 		ms, err := t.scrape(ctx, addr)
 		if err != nil {
-			fmt.Fprintf(tw, "  %s\t%s\tdown\t\t\t\t\t%s\n", name, addr, firstLine(err.Error()))
+			fmt.Fprintf(tw, "  %s\t%s\tdown\t\t\t\t\t%s\n", label, addr, firstLine(err.Error()))
 			problems = append(problems, fmt.Sprintf("%s: metrics at %s: %s", name, addr, firstLine(err.Error())))
 			continue
 		}
+		ms = ms.of(name)
 		source := "?"
 		for _, s := range ms.all("geomilter_rules_snapshot_source") {
 			if s.value == 1 {
@@ -184,7 +190,7 @@ func (t *tool) statusMilters(ctx context.Context) []string {
 		if len(notUp) > 0 {
 			word = "degraded"
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%.0f\t%s\t%s\n", name, addr, word, source,
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%.0f\t%s\t%s\n", label, addr, word, source,
 			(time.Duration(age * float64(time.Second))).Round(100*time.Millisecond), n, breakers, backlog)
 		for _, o := range notUp {
 			problems = append(problems, fmt.Sprintf("%s: Redis %s (decisions come from its rules snapshot and local counts)", name, o))
@@ -296,6 +302,19 @@ func (ms metricSet) all(name string) []sample {
 	var out []sample
 	for _, s := range ms {
 		if s.name == name {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// of keeps the samples of one milter: those labelled milter=<name>, and the
+// process's own (no milter label, or the suite's, such as its Redis watch),
+// so a suite's scrape reads as each member's.
+func (ms metricSet) of(milter string) metricSet {
+	var out metricSet
+	for _, s := range ms {
+		if m, ok := s.labels["milter"]; !ok || m == milter || m == config.SuiteName {
 			out = append(out, s)
 		}
 	}

@@ -1,8 +1,9 @@
 // Package service runs one milter process: it loads the config, sets up logging,
 // metrics and /healthz, opens the trail spool and its drainers, serves the milter
 // socket, and handles signals (SIGTERM: graceful stop; SIGHUP: reload). Every
-// milter subcommand of the geomilter binary goes through Run, so listening,
-// signals, metrics and logging live in one place.
+// milter subcommand of the geomilter binary goes through Run, and `geomilter
+// suite` (several milters behind one socket) through RunSuite, on the same code
+// path, so listening, signals, metrics and logging live in one place.
 package service
 
 import (
@@ -16,6 +17,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -137,9 +139,14 @@ type Reloader interface {
 // still buffered; whatever is left stays in the spool for the next start.
 const drainFlushTimeout = 5 * time.Second
 
-// Process is one running milter process.
+// Process is one running milter process: one milter (geomilter access …), or
+// several behind one socket (geomilter suite). Either way it has one config,
+// log, metrics registry and listener, Redis store and DNS resolver, and one
+// member per milter with the member's own parts: its trail spool (the same
+// directory as when the milter runs alone, so switching between a suite and
+// separate processes keeps the backlog), rules syncer and Env.
 type Process struct {
-	name    string
+	name    string // the process: a milter's name, or config.SuiteName
 	cfgPath string
 	cfg     *config.Config
 	log     zerolog.Logger
@@ -147,20 +154,40 @@ type Process struct {
 	// this milter's to set; not when Start is used inside another program.
 	ownsProcess bool
 
-	milter  milterrt.Milter
+	members []*member       // in chain order; one for a single milter
+	milter  milterrt.Milter // what the socket serves: the member's milter, or the suite
 	server  *milterrt.Server
 	ln      net.Listener
-	trail   *trailPipe
 	metrics *metrics.Server
-	store   *state.Store     // nil in standalone mode
-	rules   *rulesync.Syncer // the rules snapshot and what keeps it current
-	redis   *redisWatch      // nil in standalone mode
+	reg     *prometheus.Registry // the process's one registry: every member's metrics
+	store   *state.Store         // nil in standalone mode
+	redis   *redisWatch          // nil in standalone mode
 	// decisions counts decisions per minute for /status.
 	decisions *statuspage.Decisions
+
+	dnsMu sync.Mutex
+	dns   resolver.Resolver // the process's one resolver, built at the first Env.DNS
 
 	serveErr chan error
 	stopOnce sync.Once
 	stopErr  error
+}
+
+// member is one milter of a process, with its own parts.
+type member struct {
+	name   string
+	log    zerolog.Logger
+	milter milterrt.Milter
+	trail  *trailPipe
+	rules  *rulesync.Syncer // the rules snapshot and what keeps it current
+}
+
+// onTransaction is the member's end-of-transaction hook: one trail event per
+// transaction, appended to the member's local spool and nothing else.
+func (m *member) onTransaction(st *milterrt.State) *trail.Event {
+	ev := eventFromState(st, time.Now())
+	m.trail.emitter.Emit(ev)
+	return ev
 }
 
 // applyMaxProcs sets GOMAXPROCS from milters.<name>.max_procs, unless the
@@ -189,6 +216,21 @@ func Run(name, cfgPath string, f Factory, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	return p.run()
+}
+
+// RunSuite runs the milters of milters.suite in one process behind one
+// socket (geomilter suite) until SIGTERM or SIGINT; SIGHUP reloads.
+// factories holds a Factory per milter name; those of the members are used.
+func RunSuite(cfgPath string, factories map[string]Factory, stderr io.Writer) error {
+	p, err := StartSuite(cfgPath, factories, stderr)
+	if err != nil {
+		return err
+	}
+	return p.run()
+}
+
+func (p *Process) run() error {
 	p.ownsProcess = true
 	p.applyMaxProcs()
 	sigs := make(chan os.Signal, 4)
@@ -211,16 +253,43 @@ func Run(name, cfgPath string, f Factory, stderr io.Writer) error {
 	}
 }
 
-// Start loads the config and starts the process's parts; it returns once the
-// milter socket is listening.
+// Start loads the config and starts the named milter's process; it returns
+// once the milter socket is listening.
 func Start(name, cfgPath string, f Factory, stderr io.Writer) (*Process, error) {
+	return start(name, cfgPath, map[string]Factory{name: f}, stderr)
+}
+
+// StartSuite loads the config and starts the suite's process: the members of
+// milters.suite, in its chain order, built by factories[member], behind
+// milters.suite.listen. It returns once that socket is listening.
+func StartSuite(cfgPath string, factories map[string]Factory, stderr io.Writer) (*Process, error) {
+	return start(config.SuiteName, cfgPath, factories, stderr)
+}
+
+func start(name, cfgPath string, factories map[string]Factory, stderr io.Writer) (*Process, error) {
 	cfg, err := config.Load(cfgPath)
 	if err != nil {
 		return nil, err
 	}
 	mc, ok := cfg.Milter(name)
-	if !ok {
+	switch {
+	case !ok && name == config.SuiteName:
+		return nil, fmt.Errorf("config %s: no milters.suite section: add one (listen, members) to run milters behind one socket", cfgPath)
+	case !ok:
 		return nil, fmt.Errorf("config %s: no milters.%s section: this milter is not configured here", cfgPath, name)
+	}
+	names := []string{name}
+	if sc, ok := cfg.Suite(); ok && name == config.SuiteName {
+		names = sc.Members
+	} else if mc.Listen == "" {
+		// Valid only for a suite member: it has no socket of its own.
+		return nil, fmt.Errorf("config %s: milters.%s has no listen: %s runs in the suite here (geomilter suite); set milters.%s.listen to run it alone",
+			cfgPath, name, name, name)
+	}
+	for _, n := range names {
+		if factories[n] == nil {
+			return nil, fmt.Errorf("config %s: milters.suite.members: no milter %q in this program", cfgPath, n)
+		}
 	}
 	// The same host checks as check-config (its socket directory, the
 	// directories, the Redis files), so both refuse for the same reasons
@@ -243,13 +312,8 @@ func Start(name, cfgPath string, f Factory, stderr io.Writer) (*Process, error) 
 	}()
 
 	reg := metrics.NewRegistry()
-	p.trail, err = openTrail(cfg, name, log, reg)
-	if err != nil {
-		return nil, err
-	}
-	// Rules: from rules_file (standalone) or merged from every site's Redis,
-	// kept current in the background; the store opens without network I/O,
-	// and the first rules load is bounded (then the saved snapshot serves).
+	p.reg = reg
+	// The store opens without network I/O; every member shares it.
 	if cfg.Redis != nil {
 		redis.SetLogger(redisLogger{log}) // process-wide: go-redis has one logger
 		p.store, err = state.Open(StateOptions(cfg, log))
@@ -261,68 +325,71 @@ func Start(name, cfgPath string, f Factory, stderr io.Writer) (*Process, error) 
 			return nil, err
 		}
 	}
-	p.rules, err = rulesync.Start(context.Background(), rulesync.Options{
-		Store: p.store, RulesFile: cfg.RulesFile, StateDir: cfg.StateDir,
-		Milter: name, Logger: log, Registerer: reg,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("rules: %w", err)
-	}
-	env := NewEnv(name, cfg, log, p.rules)
-	env.Registry = reg
-	env.Trail = p.trail.emitter
-	if p.store != nil { // a nil *Store must not become a non-nil Backend
-		env.Store = p.store
-	}
-	// One DNS resolver per process (docs/dns.md), built when a milter asks
-	// for it (Env.DNS): a dns section that cannot work stops only a milter
-	// that looks names up. It sends nothing until the first look-up.
-	env.newResolver = func() (resolver.Resolver, error) {
-		o := resolver.Options{Servers: cfg.DNS.Servers, Timeout: cfg.DNS.Timeout, CacheSize: cfg.DNS.CacheSize, Registerer: reg}
-		if o.CacheSize == 0 { // config: 0 turns the cache off; resolver: 0 is its default
-			o.CacheSize = -1
-		}
-		c, err := resolver.New(o)
+	var (
+		routes []metrics.Route
+		checks = []metrics.Check{{Name: "milter", Func: p.listening}}
+		own    []metrics.Check // the milters' own checks (the archive's journal), after the process's
+	)
+	for _, n := range names {
+		m, env, err := p.startMember(n, factories[n], base.With().Str("milter", n).Str("site", cfg.Site).Logger(), reg)
 		if err != nil {
-			return nil, fmt.Errorf("config %s: dns: %w", cfgPath, err)
+			return nil, err
 		}
-		return c, nil
-	}
-	p.milter, err = f(env)
-	if err != nil {
-		return nil, fmt.Errorf("%s milter: %w", name, err)
-	}
-
-	maddr, err := cfg.MetricsListen(name)
-	if err != nil {
-		return nil, fmt.Errorf("config %s: %w", cfgPath, err)
-	}
-	checks := []metrics.Check{
-		{Name: "milter", Func: p.listening},
-		{Name: "trail", Func: p.trail.healthy, Detail: p.trail.detail},
-		// Never a failure: with no rules the milters decide by their
-		// defaults (no rule authorises relay), which is safe to serve.
-		{Name: "rules", Detail: p.rules.Detail},
+		// Per-member checks are named "trail:policy" in a suite, and keep
+		// their plain names for a milter alone.
+		suffix := ""
+		if name == config.SuiteName {
+			suffix = ":" + n
+		}
+		checks = append(checks,
+			metrics.Check{Name: "trail" + suffix, Func: m.trail.healthy, Detail: m.trail.detail},
+			// Never a failure: with no rules the milters decide by their
+			// defaults (no rule authorises relay), which is safe to serve.
+			metrics.Check{Name: "rules" + suffix, Detail: m.rules.Detail})
+		own = append(own, env.checks...)
+		routes = append(routes, env.routes...)
 	}
 	if p.redis != nil {
 		checks = append(checks, metrics.Check{Name: "redis", Degraded: p.redis.degraded})
 	}
-	checks = append(checks, env.checks...)
-	routes := append(env.routes, p.statusRoute(checks, env.routes))
+	checks = append(checks, own...)
+	if err := distinct(checks, routes); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	maddr, err := cfg.MetricsListen(name)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", cfgPath, err)
+	}
+	routes = append(routes, p.statusRoute(checks, routes))
 	p.metrics, err = metrics.Listen(maddr, reg, checks, routes...)
 	if err != nil {
 		return nil, err
 	}
 
-	p.server = milterrt.New(p.milter, milterrt.Options{
+	opts := milterrt.Options{
 		Logger:        log,
 		Registerer:    reg,
 		MaxSessions:   mc.MaxSessions,
 		IdleTimeout:   mc.IdleTimeout,
-		OnTransaction: p.onTransaction,
 		MessageDir:    mc.MessageDir,
 		MessageMemory: int64(mc.MessageMemory),
-	})
+	}
+	if name == config.SuiteName {
+		sm := make([]milterrt.SuiteMember, len(p.members))
+		for i, m := range p.members {
+			sm[i] = milterrt.SuiteMember{Milter: m.milter, OnTransaction: func(st *milterrt.State) { m.onTransaction(st) }}
+		}
+		p.milter = milterrt.NewSuite(name, sm, milterrt.SuiteOptions{Logger: log, Registerer: reg,
+			MessageDir: mc.MessageDir, MessageMemory: int64(mc.MessageMemory)})
+		// The suite's own outcome (what Postfix was told) for /status; the
+		// trail events are the members'.
+		opts.OnTransaction = func(st *milterrt.State) { p.decisions.Record(finalAction(st)) }
+	} else {
+		m := p.members[0]
+		p.milter = m.milter
+		opts.OnTransaction = func(st *milterrt.State) { p.decisions.Record(m.onTransaction(st).Action) }
+	}
+	p.server = milterrt.New(p.milter, opts)
 	p.ln, err = milterrt.Listen(mc.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("milters.%s.listen: %w", name, err)
@@ -333,17 +400,98 @@ func Start(name, cfgPath string, f Factory, stderr io.Writer) (*Process, error) 
 		}
 	}()
 	ok = true
-	log.Info().Str("listen", mc.Listen).Str("metrics", p.metrics.Addr()).Str("version", buildinfo.Version).
-		Str("spool", p.trail.dir).Msg("started")
+	ev := log.Info().Str("listen", mc.Listen).Str("metrics", p.metrics.Addr()).Str("version", buildinfo.Version)
+	if name == config.SuiteName {
+		spools := make([]string, len(p.members))
+		for i, m := range p.members {
+			spools[i] = m.trail.dir
+		}
+		ev = ev.Strs("members", names).Strs("spools", spools)
+	} else {
+		ev = ev.Str("spool", p.members[0].trail.dir)
+	}
+	ev.Msg("started")
 	return p, nil
 }
 
-// onTransaction is the runtime's end-of-transaction hook: one trail event per
-// transaction, appended to the local spool and nothing else.
-func (p *Process) onTransaction(st *milterrt.State) {
-	ev := eventFromState(st, time.Now())
-	p.trail.emitter.Emit(ev)
-	p.decisions.Record(ev.Action)
+// startMember opens a member's own parts (trail spool and drainers, rules
+// syncer) and builds its milter with an Env of its own name on the
+// process's shared parts (config, registry, store, resolver). The member is
+// added to p.members as soon as it has parts to close.
+func (p *Process) startMember(name string, f Factory, log zerolog.Logger, reg *prometheus.Registry) (*member, *Env, error) {
+	cfg := p.cfg
+	m := &member{name: name, log: log}
+	var err error
+	m.trail, err = openTrail(cfg, name, log, reg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", name, err)
+	}
+	p.members = append(p.members, m)
+	// Rules: from rules_file (standalone) or merged from every site's Redis,
+	// kept current in the background; the first load is bounded (then the
+	// saved snapshot serves).
+	m.rules, err = rulesync.Start(context.Background(), rulesync.Options{
+		Store: p.store, RulesFile: cfg.RulesFile, StateDir: cfg.StateDir,
+		Milter: name, Logger: log, Registerer: reg,
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: rules: %w", name, err)
+	}
+	env := NewEnv(name, cfg, log, m.rules)
+	env.Registry = reg
+	env.Trail = m.trail.emitter
+	if p.store != nil { // a nil *Store must not become a non-nil Backend
+		env.Store = p.store
+	}
+	env.newResolver = p.resolver
+	m.milter, err = f(env)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s milter: %w", name, err)
+	}
+	return m, env, nil
+}
+
+// resolver returns the process's one DNS resolver (docs/dns.md), built when
+// a milter first asks for it (Env.DNS), so a dns section that cannot work
+// stops only a milter that looks names up; in a suite every member gets the
+// same one (one cache, one budget per look-up). It sends nothing until the
+// first look-up.
+func (p *Process) resolver() (resolver.Resolver, error) {
+	p.dnsMu.Lock()
+	defer p.dnsMu.Unlock()
+	if p.dns != nil {
+		return p.dns, nil
+	}
+	cfg := p.cfg
+	o := resolver.Options{Servers: cfg.DNS.Servers, Timeout: cfg.DNS.Timeout, CacheSize: cfg.DNS.CacheSize, Registerer: p.reg}
+	if o.CacheSize == 0 { // config: 0 turns the cache off; resolver: 0 is its default
+		o.CacheSize = -1
+	}
+	c, err := resolver.New(o)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: dns: %w", p.cfgPath, err)
+	}
+	p.dns = c
+	return c, nil
+}
+
+// distinct reports two health checks or two routes of the same name: in a
+// suite they come from several milters, and a clash would hide one of them.
+func distinct(checks []metrics.Check, routes []metrics.Route) error {
+	seen := make(map[string]bool)
+	for _, c := range checks {
+		if seen["check "+c.Name] {
+			return fmt.Errorf("two health checks named %q", c.Name)
+		}
+		seen["check "+c.Name] = true
+	}
+	for _, r := range routes {
+		if seen["route "+r.Pattern] {
+			return fmt.Errorf("two milters serve %s on the metrics listener", r.Pattern)
+		}
+		seen["route "+r.Pattern] = true
+	}
+	return nil
 }
 
 func (p *Process) listening() error {
@@ -355,6 +503,8 @@ func (p *Process) listening() error {
 
 // Reload re-reads the config and the rules; an invalid config is logged and
 // the old one kept, an invalid rules file likewise (the rules in force stay).
+// Each member that is a Reloader takes the new config; one that refuses it
+// keeps its running config (logged), and the process keeps the old one too.
 func (p *Process) Reload() {
 	defer p.reloadRules()
 	cfg, err := config.Load(p.cfgPath)
@@ -366,12 +516,23 @@ func (p *Process) Reload() {
 		if old, _ := p.cfg.Milter(p.name); old != nil && old.Listen != mc.Listen {
 			p.log.Warn().Str("listen", mc.Listen).Msg("listen address changes take a restart")
 		}
+	} else {
+		p.log.Warn().Msg("milters." + p.name + " is no longer in the config: the process serves on until it is stopped")
 	}
-	if r, ok := p.milter.(Reloader); ok {
-		if err := r.Reload(cfg); err != nil {
-			p.log.Error().Err(err).Msg("reload refused by milter, keeping the running config")
-			return
+	if sc, ok := cfg.Suite(); ok && p.name == config.SuiteName && !slices.Equal(sc.Members, p.memberNames()) {
+		p.log.Warn().Strs("members", sc.Members).Msg("suite member changes take a restart")
+	}
+	refused := false
+	for _, m := range p.members {
+		if r, ok := m.milter.(Reloader); ok {
+			if err := r.Reload(cfg); err != nil {
+				m.log.Error().Err(err).Msg("reload refused by milter, keeping the running config")
+				refused = true
+			}
 		}
+	}
+	if refused {
+		return
 	}
 	p.cfg = cfg
 	if p.ownsProcess {
@@ -380,12 +541,22 @@ func (p *Process) Reload() {
 	p.log.Info().Msg("reloaded")
 }
 
+func (p *Process) memberNames() []string {
+	names := make([]string, len(p.members))
+	for i, m := range p.members {
+		names[i] = m.name
+	}
+	return names
+}
+
 // reloadRules re-reads rules_file (standalone) or schedules a reload from
-// Redis. The syncer logs a refused file itself.
+// Redis, for every member. The syncers log a refused file themselves.
 func (p *Process) reloadRules() {
-	p.rules.SetRulesFile(p.cfg.RulesFile)
-	if err := p.rules.Reload(); err == nil && p.store == nil {
-		p.log.Info().Str("rules_file", p.cfg.RulesFile).Int("rules", p.rules.Current().Len()).Msg("rules reloaded")
+	for _, m := range p.members {
+		m.rules.SetRulesFile(p.cfg.RulesFile)
+		if err := m.rules.Reload(); err == nil && p.store == nil {
+			m.log.Info().Str("rules_file", p.cfg.RulesFile).Int("rules", m.rules.Current().Len()).Msg("rules reloaded")
+		}
 	}
 }
 
@@ -413,19 +584,32 @@ func (p *Process) Stop() error {
 
 func (p *Process) closeParts() error {
 	var errs []error
-	// The milter's own parts first (the archive milter's journal and its
-	// drainers): its sessions have ended, its trail events still go out.
-	if c, ok := p.milter.(io.Closer); ok {
-		errs = append(errs, c.Close())
+	// The milters' own parts first (the archive milter's journal and its
+	// drainers): their sessions have ended, their trail events still go out.
+	for _, m := range p.members {
+		if c, ok := m.milter.(io.Closer); ok {
+			errs = append(errs, c.Close())
+		}
 	}
-	if p.trail != nil {
-		errs = append(errs, p.trail.close(drainFlushTimeout))
+	// The trail pipes together: each gets the same bound to deliver.
+	var wg sync.WaitGroup
+	terrs := make([]error, len(p.members))
+	for i, m := range p.members {
+		if m.trail == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); terrs[i] = m.trail.close(drainFlushTimeout) }()
 	}
+	wg.Wait()
+	errs = append(errs, terrs...)
 	if p.metrics != nil {
 		errs = append(errs, p.metrics.Close())
 	}
-	if p.rules != nil {
-		p.rules.Close()
+	for _, m := range p.members {
+		if m.rules != nil {
+			m.rules.Close()
+		}
 	}
 	if p.redis != nil {
 		p.redis.close()
@@ -441,5 +625,16 @@ func SpoolDir(cfg *config.Config, milter string) string {
 	return filepath.Join(cfg.SpoolDir, milter, "trail")
 }
 
-// Emitter is exported for milters that emit extra events (tests, ops).
-func (p *Process) Emitter() *trail.Emitter { return p.trail.emitter }
+// Emitter is exported for milters that emit extra events (tests, ops): the
+// first member's (the milter's, for a process of one milter).
+func (p *Process) Emitter() *trail.Emitter { return p.members[0].trail.emitter }
+
+// Members names the milters of the process, in chain order.
+func (p *Process) Members() []string { return p.memberNames() }
+
+// MetricsAddr is the address the metrics listener is bound to (the port
+// chosen when the config asks for port 0).
+func (p *Process) MetricsAddr() string { return p.metrics.Addr() }
+
+// Addr is the address the milter socket is bound to.
+func (p *Process) Addr() net.Addr { return p.ln.Addr() }

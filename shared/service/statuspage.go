@@ -2,7 +2,11 @@ package service
 
 import (
 	"context"
+	"fmt"
+	"strings"
+	"time"
 
+	"github.com/geomilter/geomilter/shared/config"
 	"github.com/geomilter/geomilter/shared/metrics"
 	"github.com/geomilter/geomilter/shared/rulesync"
 	"github.com/geomilter/geomilter/shared/spool"
@@ -15,10 +19,17 @@ import (
 // rules syncer, the spool counters, the archive milter's own status route)
 // and only the sites' rules versions from local Redis, under a short bound.
 func (p *Process) statusRoute(checks []metrics.Check, routes []metrics.Route) metrics.Route {
+	name := p.name
+	if p.name == config.SuiteName {
+		name += " (" + strings.Join(p.memberNames(), ", ") + ")"
+	}
+	// In a suite every member's syncer reads the same rules (each keeps
+	// its own milter's); the first one's status stands for them.
+	first := p.members[0]
 	src := statuspage.Sources{
-		Site: p.cfg.Site, Host: p.cfg.Host, Milter: p.name,
-		Rules:     func() rulesync.Status { return p.rules.Status() },
-		Trail:     func() spool.Stats { return p.trail.sp.Stats() },
+		Site: p.cfg.Site, Host: p.cfg.Host, Milter: name,
+		Rules:     func() rulesync.Status { return first.rules.Status() },
+		Trail:     p.trailStats,
 		Checks:    checks,
 		Decisions: p.decisions,
 		Log:       p.log,
@@ -33,6 +44,44 @@ func (p *Process) statusRoute(checks []metrics.Check, routes []metrics.Route) me
 		}
 	}
 	return metrics.Route{Pattern: "/status", Handler: statuspage.Handler(src)}
+}
+
+// trailStats is the trail backlog of the process: one member's spool, or
+// the sum of the members' spools in a suite (per sink: records pending, and
+// the oldest unsent of any member).
+func (p *Process) trailStats() spool.Stats {
+	if len(p.members) == 1 {
+		return p.members[0].trail.sp.Stats()
+	}
+	var sum spool.Stats
+	sum.PerSink = make(map[string]spool.SinkStats)
+	for _, m := range p.members {
+		st := m.trail.sp.Stats()
+		sum.Records += st.Records
+		sum.Bytes += st.Bytes
+		sum.Dropped += st.Dropped
+		sum.Segments += st.Segments
+		sum.OldestUnsent = earliest(sum.OldestUnsent, st.OldestUnsent)
+		sum.Oldest = earliest(sum.Oldest, st.Oldest)
+		if st.LastError != nil {
+			sum.LastError = fmt.Errorf("%s: %w", m.name, st.LastError)
+		}
+		for name, ss := range st.PerSink {
+			agg := sum.PerSink[name]
+			agg.Pending += ss.Pending
+			agg.OldestUnsent = earliest(agg.OldestUnsent, ss.OldestUnsent)
+			sum.PerSink[name] = agg
+		}
+	}
+	return sum
+}
+
+// earliest is the earlier of two times, a zero time meaning none.
+func earliest(a, b time.Time) time.Time {
+	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
+		return b
+	}
+	return a
 }
 
 // status is the last poll of every instance, from memory.
