@@ -327,7 +327,7 @@ func (a *archiveSite) writeArchiveConfig() {
 	fmt.Fprintf(&b, "trail:\n  sync_every: 50ms\n  backoff: {min: 50ms, max: 1s}\n  sinks:\n")
 	fmt.Fprintf(&b, "    - {name: local, type: file, path: %s/trail.ndjson}\n", a.dir)
 	b.WriteString("metrics: {listen: \"127.0.0.1:9464\"}\nmilters:\n  archive:\n")
-	fmt.Fprintf(&b, "    listen: \"unix:%s\"\n    shutdown_timeout: 5s\n    journal:\n", a.socket("archive"))
+	fmt.Fprintf(&b, "    listen: \"unix:%s\"\n    shutdown_timeout: 5s\n    journal:\n", a.ownSocket("archive"))
 	fmt.Fprintf(&b, "      dir: %s\n      batch: 10\n      backoff: {min: 100ms, max: 1s}\n", a.journal)
 	for _, l := range a.opts.journal {
 		fmt.Fprintf(&b, "      %s\n", l)
@@ -340,6 +340,9 @@ func (a *archiveSite) writeArchiveConfig() {
 	if a.opts.dirTarget {
 		fmt.Fprintf(&b, "        - {name: files, type: dir, path: %s}\n", a.filesDir)
 	}
+	// Suite mode: the archive milter hosted as a suite of one (the other
+	// milters of a chain are recorders in this test process).
+	b.WriteString(a.suiteYAML([]string{"archive"}))
 	a.gmConfig = filepath.Join(a.dir, "geomilter.yaml")
 	if err := os.WriteFile(a.gmConfig, []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)

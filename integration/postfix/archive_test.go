@@ -304,7 +304,7 @@ func TestArchiveSIGKILLUnderLoad(t *testing.T) {
 		killedAt := time.Since(start)
 		time.Sleep(time.Second)
 		a.startMilter("archive")
-		t.Logf("kill %d at %s (%d messages delivered); archive milter serving again %s later", kills, killedAt.Round(time.Millisecond),
+		t.Logf("kill %d of %s at %s (%d messages delivered); serving again %s later", kills, a.hostOf("archive"), killedAt.Round(time.Millisecond),
 			a.delivery.count.Load(), (time.Since(start) - killedAt).Round(time.Millisecond))
 	}
 	took := time.Since(start)

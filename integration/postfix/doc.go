@@ -12,6 +12,13 @@
 // it the package builds its own copy. TestDrill (the outage drill behind
 // `make drill`) runs only with GEOMILTER_DRILL=1.
 //
+// GEOMILTER_TEST_SUITE=1 runs the same tests with the milters hosted as a
+// suite: one `geomilter suite` process per site whose members are the
+// milters the site would have started, in Postfix's chain order, behind one
+// smtpd_milters entry; in-process milters are served as one-member suites
+// (milterrt.NewSuite). `make integration` runs the package both ways
+// (suitemode_test.go says what "the archive milter" means in suite mode).
+//
 // Nothing the tests start outlives them: every process is a child with a
 // parent-death signal, the namespaces (and with them the veth and the iptables
 // rules inside) are deleted, and the temp dirs removed, on success, failure,

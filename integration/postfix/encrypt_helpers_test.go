@@ -228,10 +228,10 @@ type encMilter struct {
 
 // startEncMilter writes a standalone config for one encrypt milter (own
 // socket, spool, state, metrics port and trail file; the shared rules file)
-// with the extra milters.encrypt keys in own, checks it with check-config
+// with the extra milters.encrypt keys in extra, checks it with check-config
 // and runs the milter with group postfix (its socket, mode 0660, must be
 // reachable by smtpd and cleanup) until the rules are loaded.
-func startEncMilter(s *site, name, rulesFile, own string, metricsPort int) *encMilter {
+func startEncMilter(s *site, name, rulesFile, extra string, metricsPort int) *encMilter {
 	t := s.h.t
 	m := &encMilter{
 		name:   name,
@@ -239,16 +239,27 @@ func startEncMilter(s *site, name, rulesFile, own string, metricsPort int) *encM
 		trail:  filepath.Join(s.dir, "trail-"+name+".ndjson"),
 		health: fmt.Sprintf("http://127.0.0.1:%d/healthz", metricsPort),
 	}
+	own, cmd := m.sock, "encrypt"
+	if suiteMode {
+		// A suite of one per encrypt milter: the test's point is one
+		// milter per client (smtpd_milter_maps), so each keeps its process;
+		// Postfix reaches the suite's socket and its metrics are at +4.
+		m.sock, cmd = filepath.Join(s.sockDir, "encrypt-"+name+"-suite.sock"), "suite"
+		m.health = fmt.Sprintf("http://127.0.0.1:%d/healthz", metricsPort-3+suiteMetricsOffset)
+	}
 	d := filepath.Join(s.dir, "milter-"+name)
 	var b strings.Builder
 	fmt.Fprintf(&b, "site: %s\nhost: mx1\nrules_file: %s\nstate_dir: %s/state\nspool_dir: %s/spool\nlog: {level: info}\n", s.name, rulesFile, d, d)
 	fmt.Fprintf(&b, "trail:\n  sync_every: 50ms\n  sinks:\n    - {name: local, type: file, path: %s}\n", m.trail)
 	fmt.Fprintf(&b, "metrics: {listen: \"127.0.0.1:%d\"}\n", metricsPort-3) // encrypt's offset is +3
-	fmt.Fprintf(&b, "milters:\n  encrypt:\n    listen: \"unix:%s\"\n    shutdown_timeout: 5s\n", m.sock)
-	for _, l := range strings.Split(strings.TrimSpace(own), "\n") {
+	fmt.Fprintf(&b, "milters:\n  encrypt:\n    listen: \"unix:%s\"\n    shutdown_timeout: 5s\n", own)
+	for _, l := range strings.Split(strings.TrimSpace(extra), "\n") {
 		if l != "" {
 			b.WriteString("    " + l + "\n")
 		}
+	}
+	if suiteMode {
+		fmt.Fprintf(&b, "  suite: {listen: \"unix:%s\", members: [encrypt], shutdown_timeout: 5s}\n", m.sock)
 	}
 	cfg := filepath.Join(s.dir, "geomilter-"+name+".yaml")
 	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
@@ -267,7 +278,7 @@ func startEncMilter(s *site, name, rulesFile, own string, metricsPort int) *encM
 			err = fmt.Errorf("rules not loaded: %s", out)
 		}
 		return err
-	}}, binPath, "encrypt", "--config", cfg)
+	}}, binPath, cmd, "--config", cfg)
 	return m
 }
 

@@ -572,6 +572,8 @@ func (l *lineBuffer) String() string {
 }
 
 func tail(s string, lines int) string {
+	// smtp-sink ends its counter lines with CR only.
+	s = strings.ReplaceAll(s, "\r", "\n")
 	parts := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	if len(parts) > lines {
 		parts = parts[len(parts)-lines:]
@@ -632,7 +634,7 @@ func serveForPostfix(t testing.TB, m milterrt.Milter, path string, o milterrt.Op
 	if o.MessageDir == "" {
 		o.MessageDir = filepath.Join(filepath.Dir(path), "messages")
 	}
-	srv := milterrt.New(m, o)
+	srv := newTestServer(m, o) // suite mode: m as a one-member suite (suitemode_test.go)
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
 	t.Cleanup(func() {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -49,10 +50,20 @@ type site struct {
 	primary *redis.Client // this site's primary (unix socket)
 	replica *redis.Client // this site's replica of the peer's primary
 
+	// N sites (sites_n_test.go): every other site, in order, and this
+	// site's replica of each (ports 6380, 6381, … in that order). Two
+	// sites leave peers nil: the peer is peer, its replica replica.
+	peers    []*site
+	replicas map[string]*redis.Client
+
 	milters map[string]*proc
 	master  *proc
 	sink    atomic.Int64 // messages smtp-sink accepted (its -c counter)
 	encSink atomic.Int64 // messages the encryption-gateway stand-in accepted
+
+	// suiteMembers: in suite mode, the milters the site's one `geomilter
+	// suite` process hosts, in chain order (suitemode_test.go).
+	suiteMembers []string
 }
 
 // siteOpts selects what a site runs.
@@ -65,6 +76,17 @@ type siteOpts struct {
 	// policyYAML holds extra keys of milters.policy, one per line at the
 	// left margin (greylist:, scoring:, …); writeGeomilterConfig indents them.
 	policyYAML string
+	// Drill (drill_*_test.go): milterYAML holds extra keys of any
+	// milters.<name> section (as policyYAML, which comes first for policy);
+	// topYAML top-level sections (dns:, …) at the left margin; trailSinks
+	// more trail sink entries ("{name: x, type: http, url: …}").
+	milterYAML map[string]string
+	topYAML    string
+	trailSinks []string
+	// beforeMilters, if set, runs at each site once its namespace, link
+	// and Redis are up and before its milters start (servers the
+	// milters' config names: DNS, trail and journal receivers).
+	beforeMilters func(s *site)
 }
 
 // twoSites builds dal and lax joined by a veth pair, each with everything.
@@ -87,6 +109,9 @@ func twoSitesWith(t testing.TB, o siteOpts) (dal, lax *site) {
 	dal.startRedisReplica()
 	lax.startRedisReplica()
 	for _, s := range []*site{dal, lax} {
+		if o.beforeMilters != nil {
+			o.beforeMilters(s)
+		}
 		s.startMilters(o)
 		s.startSinks()
 		s.startPostfix(o)
@@ -124,10 +149,14 @@ func (s *site) applyRules(yaml string) {
 	}
 }
 
-// metricsPort is each milter's metrics port (metrics.listen + offset).
+// metricsPort is each milter's metrics port (metrics.listen + offset); in
+// suite mode that of the suite process hosting it (+4, suitemode_test.go).
 func metricsPort(m string) int {
 	for i, n := range milterNames {
 		if n == m {
+			if suiteMode {
+				return 9464 + suiteMetricsOffset
+			}
 			return 9464 + i
 		}
 	}
@@ -175,7 +204,8 @@ func (s *site) pendingTrail() (float64, error) {
 		if err != nil {
 			return 0, err
 		}
-		v, ok := metricValue(text, "geomilter_spool_sink_pending_records", `sink="site"`)
+		// The milter label: in suite mode one page has every member's spool.
+		v, ok := metricValue(text, "geomilter_spool_sink_pending_records", `sink="site"`, `milter="`+m+`"`)
 		if !ok {
 			return 0, fmt.Errorf("%s: no geomilter_spool_sink_pending_records{sink=\"site\"}", m)
 		}
@@ -196,7 +226,8 @@ func (s *site) waitRules(want string) {
 		m := m
 		waitFor(s.h.t, 30*time.Second, fmt.Sprintf("%s %s milter to load the rules (%q)", s.name, m, want), func() bool {
 			out, err := s.health(m)
-			return err == nil && strings.Contains(out, want)
+			// memberCheck: in suite mode, this member's own rules check.
+			return err == nil && strings.Contains(memberCheck(out, "rules", m), want)
 		})
 	}
 }
@@ -232,6 +263,11 @@ func (h *harness) link(a, b *site) {
 // --- Redis -------------------------------------------------------------------
 
 func (s *site) redisConf(role string) (conf, sock string) {
+	return s.redisConfOf(role, s.peer, 6380)
+}
+
+// redisConfOf is redisConf for a replica of peer on port (N sites).
+func (s *site) redisConfOf(role string, peer *site, port int) (conf, sock string) {
 	dir := filepath.Join(s.dir, "redis-"+role)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		s.h.t.Fatal(err)
@@ -248,9 +284,9 @@ func (s *site) redisConf(role string) (conf, sock string) {
 	case "primary":
 		// The peer's replica connects over the veth.
 		lines = append(lines, "port 6379", "bind 127.0.0.1 "+s.addr)
-	case "replica":
-		lines = append(lines, "port 6380", "bind 127.0.0.1",
-			fmt.Sprintf("replicaof %s 6379", s.peer.addr),
+	default: // replica, replica-<peer>
+		lines = append(lines, fmt.Sprintf("port %d", port), "bind 127.0.0.1",
+			fmt.Sprintf("replicaof %s 6379", peer.addr),
 			"replica-read-only yes", "replica-serve-stale-data yes")
 	}
 	conf = filepath.Join(dir, "redis.conf")
@@ -266,6 +302,10 @@ func (s *site) redisConf(role string) (conf, sock string) {
 
 func (s *site) startRedis(role string) *redis.Client {
 	conf, sock := s.redisConf(role)
+	return s.startRedisConf(role, conf, sock)
+}
+
+func (s *site) startRedisConf(role, conf, sock string) *redis.Client {
 	c := redis.NewClient(&redis.Options{Network: "unix", Addr: sock, DialTimeout: time.Second, ReadTimeout: 5 * time.Second, PoolSize: 4})
 	s.h.t.Cleanup(func() { c.Close() })
 	s.h.start(s.name+" redis "+role, s.ns, procOpts{ready: func() error {
@@ -278,6 +318,26 @@ func (s *site) startRedis(role string) *redis.Client {
 
 func (s *site) startRedisPrimary() { s.primary = s.startRedis("primary") }
 func (s *site) startRedisReplica() { s.replica = s.startRedis("replica") }
+
+// startRedisReplicas starts a replica of every peer (N sites); the first
+// is also s.replica.
+func (s *site) startRedisReplicas() {
+	s.replicas = map[string]*redis.Client{}
+	for i, p := range s.peers {
+		role := "replica-" + p.name
+		conf, sock := s.redisConfOf(role, p, 6380+i)
+		s.replicas[p.name] = s.startRedisConf(role, conf, sock)
+	}
+	s.replica = s.replicas[s.peers[0].name]
+}
+
+// peerList is every peer of s (one with two sites).
+func (s *site) peerList() []*site {
+	if len(s.peers) > 0 {
+		return s.peers
+	}
+	return []*site{s.peer}
+}
 
 // replicaLinkUp reports whether this site's replica of the peer is connected
 // and synchronised.
@@ -302,25 +362,39 @@ func (s *site) writeGeomilterConfig(o siteOpts) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "site: %s\nhost: mx1\n", s.name)
 	if o.withRedis {
-		fmt.Fprintf(&b, "redis:\n  local: {addr: \"127.0.0.1:6379\"}\n  peers:\n    %s: {addr: \"127.0.0.1:6380\"}\n  timeout: 25ms\n", s.peer.name)
+		b.WriteString("redis:\n  local: {addr: \"127.0.0.1:6379\"}\n  peers:\n")
+		for i, p := range s.peerList() { // N sites (W): a local replica of each peer, 6380, 6381, …
+			fmt.Fprintf(&b, "    %s: {addr: \"127.0.0.1:%d\"}\n", p.name, 6380+i)
+		}
+		b.WriteString("  timeout: 25ms\n")
 	}
 	fmt.Fprintf(&b, "rules_file: %s\nstate_dir: %s/state\nspool_dir: %s/spool\nlog: {level: info}\n", rules, s.dir, s.dir)
+	b.WriteString(o.topYAML) // drill (W): extra top-level sections
 	fmt.Fprintf(&b, "trail:\n  sync_every: 50ms\n  backoff: {min: 50ms, max: 1s}\n  sinks:\n")
 	if o.withRedis {
 		b.WriteString("    - {name: site, type: redis, maxlen: 1000000}\n")
 	}
 	fmt.Fprintf(&b, "    - {name: local, type: file, path: %s/trail.ndjson}\n", s.dir)
+	for _, sk := range o.trailSinks { // drill (W): more sinks
+		b.WriteString("    - " + sk + "\n")
+	}
 	b.WriteString("metrics: {listen: \"127.0.0.1:9464\"}\nmilters:\n")
 	for _, m := range milterNames {
+		extra := o.milterYAML[m] // drill (W): extra keys of any milter
 		if m == "policy" && o.policyYAML != "" {
-			fmt.Fprintf(&b, "  %s:\n    listen: \"unix:%s\"\n    shutdown_timeout: 5s\n", m, s.socket(m))
-			for _, l := range strings.Split(strings.TrimRight(o.policyYAML, "\n"), "\n") {
+			extra = strings.TrimRight(o.policyYAML, "\n") + "\n" + extra
+		}
+		if extra != "" {
+			fmt.Fprintf(&b, "  %s:\n    listen: \"unix:%s\"\n    shutdown_timeout: 5s\n", m, s.ownSocket(m))
+			for _, l := range strings.Split(strings.TrimRight(extra, "\n"), "\n") {
 				b.WriteString("    " + l + "\n")
 			}
 			continue
 		}
-		fmt.Fprintf(&b, "  %s: {listen: \"unix:%s\", shutdown_timeout: 5s}\n", m, s.socket(m))
+		fmt.Fprintf(&b, "  %s: {listen: \"unix:%s\", shutdown_timeout: 5s}\n", m, s.ownSocket(m))
 	}
+	// Suite mode: all four in one process, in the order Postfix calls them.
+	b.WriteString(s.suiteYAML(chainOrder(s.h.t)))
 	s.gmConfig = filepath.Join(s.dir, "geomilter.yaml")
 	if err := os.WriteFile(s.gmConfig, []byte(b.String()), 0o644); err != nil {
 		s.h.t.Fatal(err)
@@ -330,10 +404,20 @@ func (s *site) writeGeomilterConfig(o siteOpts) {
 	}
 }
 
-func (s *site) socket(milter string) string { return filepath.Join(s.sockDir, milter+".sock") }
+// socket is milter m's socket; in suite mode, that of the suite hosting it.
+func (s *site) socket(milter string) string {
+	if suiteMode && slices.Contains(s.suiteMembers, milter) {
+		return s.suiteSocket()
+	}
+	return s.ownSocket(milter)
+}
 
 func (s *site) startMilters(o siteOpts) {
 	s.writeGeomilterConfig(o)
+	if suiteMode {
+		s.startSuite("")
+		return
+	}
 	for _, m := range milterNames {
 		s.startMilter(m)
 	}
@@ -341,7 +425,14 @@ func (s *site) startMilters(o siteOpts) {
 
 // startMilter runs one geomilter milter with group postfix, so its socket
 // (mode 0660) is reachable by smtpd and cleanup, which run as user postfix.
+// In suite mode it (re)starts the suite process hosting m, unless that runs.
 func (s *site) startMilter(m string) {
+	if suiteMode && slices.Contains(s.suiteMembers, m) {
+		if p := s.milters[m]; p == nil || p.exited() {
+			s.startSuite("start " + m)
+		}
+		return
+	}
 	gid, err := lookupID("group", "postfix")
 	if err != nil {
 		s.h.t.Fatal(err)
@@ -455,7 +546,7 @@ func (s *site) writePostfixConfig(o siteOpts) {
 		"smtpd_banner = $myhostname ESMTP",
 		"biff = no",
 	}
-	snippet := repoFile(t, "postfix/main.cf.snippet")
+	snippet := suiteSnippet(t, repoFile(t, "postfix/main.cf.snippet")) // one suite entry in suite mode
 	snippet = strings.ReplaceAll(snippet, "/run/geomilter/", s.sockDir+"/")
 	hc := filepath.Join(s.pfEtc, "milter_header_checks")
 	snippet = strings.ReplaceAll(snippet, "/etc/postfix/geomilter/milter_header_checks", hc)

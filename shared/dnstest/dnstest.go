@@ -48,6 +48,16 @@ type Server struct {
 // test at once.
 func Start(t testing.TB, zones string) *Server {
 	t.Helper()
+	pc, ln := listenPair(t)
+	return StartOn(t, zones, pc, ln)
+}
+
+// StartOn is Start on sockets the caller opened (UDP and TCP of one
+// address): a server on another address than 127.0.0.1, or in another
+// network namespace (the outage drill serves a zone from the dark site's
+// namespace). The server closes them when the test ends.
+func StartOn(t testing.TB, zones string, pc net.PacketConn, ln net.Listener) *Server {
+	t.Helper()
 	s := &Server{
 		t:     t,
 		zones: make(map[string]*dns.SOA), rrs: make(map[string][]dns.RR),
@@ -65,12 +75,15 @@ func Start(t testing.TB, zones string) *Server {
 		s.rrs[name] = append(s.rrs[name], rr)
 	}
 	if err := zp.Err(); err != nil {
+		pc.Close()
+		ln.Close()
 		t.Fatalf("dnstest: zones: %v", err)
 	}
 	if len(s.zones) == 0 {
+		pc.Close()
+		ln.Close()
 		t.Fatalf("dnstest: zones: no SOA record, so no zone to serve")
 	}
-	pc, ln := listenPair(t)
 	s.addr = pc.LocalAddr().String()
 	s.udp = serve(t, &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(s.handle)})
 	s.tcp = serve(t, &dns.Server{Listener: ln, Handler: dns.HandlerFunc(s.handle)})
