@@ -24,8 +24,8 @@
 #   GEOMILTER_DRILL_CAPACITY_TIME      length of the capacity run after a 5 s ramp (default 20s)
 #   GEOMILTER_DRILL_CAPACITY_SESSIONS  concurrent SMTP sessions of the capacity run (default 32)
 #   GEOMILTER_DRILL_SIZE               message body bytes          (default 2000)
-#   GEOMILTER_DRILL_DNSBL_TTL          TTL of the DNSBL answers of dal's DNS server (default 1h:
-#                                      cached for the whole drill; 20s: asked during the outage)
+#   GEOMILTER_DRILL_DNSBL_TTL          TTL of the DNSBL answers of dal's DNS server (default 10s:
+#                                      they expire during the outage, when the server is dark)
 #   GEOMILTER_TEST_SUITE               1: the milters hosted as one `geomilter suite` per site
 # With the defaults the whole drill takes about 7 minutes. docs/drill.md explains
 # the table. Everything it starts (processes, namespaces, veth, bridge, iptables

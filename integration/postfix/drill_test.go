@@ -46,7 +46,7 @@ type drillConfig struct {
 }
 
 func drillConfigFromEnv(t testing.TB) drillConfig {
-	c := drillConfig{dnsblTTL: time.Hour, phase: 50 * time.Second, warmup: 15 * time.Second, pace: 0.6, size: 2000, capSessions: 32, capTime: 20 * time.Second}
+	c := drillConfig{dnsblTTL: 10 * time.Second, phase: 50 * time.Second, warmup: 15 * time.Second, pace: 0.6, size: 2000, capSessions: 32, capTime: 20 * time.Second}
 	dur := func(name string, d *time.Duration) {
 		if v := os.Getenv(name); v != "" {
 			p, err := time.ParseDuration(v)

@@ -154,8 +154,8 @@ func (w *drillWorld) startSite(t testing.TB, s *site) {
 	}
 	// dal's own: the DNSBL zone (one listed address nothing uses; the
 	// clients' look-ups are NXDOMAIN with the SOA, cached for dnsblTTL:
-	// by default longer than the drill, so lax never asks dal's server
-	// during the outage; GEOMILTER_DRILL_DNSBL_TTL shorter makes it ask).
+	// by default 10 s, so the answers expire during the outage and lax's
+	// resolver must do without dal's server: docs/drill.md).
 	ttl := int(w.dnsblTTL.Seconds())
 	bl := fmt.Sprintf("%s. %d IN SOA ns.%s. h.%s. 1 3600 600 86400 %d\n250.0.80.10.%s. %d IN A 127.0.0.2\n",
 		drillDNSBLZone, ttl, drillDNSBLZone, drillDNSBLZone, ttl, drillDNSBLZone, ttl)

@@ -137,6 +137,9 @@ type DNSConfig struct {
 	MessageBudget time.Duration `yaml:"message_budget"`
 	// CacheSize bounds the answer cache in entries; 0 turns it off.
 	CacheSize int `yaml:"cache_size"`
+	// ServeStale is how long past its TTL a cached answer is still served
+	// while a fresh one is asked for in the background (RFC 8767); 0 off.
+	ServeStale time.Duration `yaml:"serve_stale"`
 }
 
 // MiltersConfig has one optional section per milter, and the optional
@@ -222,6 +225,7 @@ const (
 	DefaultDNSTimeout       = time.Second
 	DefaultDNSMessageBudget = 3 * time.Second
 	DefaultDNSCacheSize     = 10000
+	DefaultDNSServeStale    = 24 * time.Hour
 	DefaultMaxSessions      = 512
 	DefaultIdleTimeout      = 10 * time.Minute
 	// DefaultMaxProcs is 1: a milter waits on Postfix between packets, and one
@@ -383,6 +387,7 @@ func applyDefaults(c *Config, doc *yamlconf.Doc, hostname func() (string, error)
 	setDefault(doc, "dns.timeout", &c.DNS.Timeout, DefaultDNSTimeout)
 	setDefault(doc, "dns.message_budget", &c.DNS.MessageBudget, DefaultDNSMessageBudget)
 	setDefault(doc, "dns.cache_size", &c.DNS.CacheSize, DefaultDNSCacheSize)
+	setDefault(doc, "dns.serve_stale", &c.DNS.ServeStale, DefaultDNSServeStale)
 	for _, name := range ProcessNames() {
 		m, ok := c.Milter(name)
 		if !ok {

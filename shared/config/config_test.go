@@ -97,7 +97,7 @@ milters:
 			},
 		},
 		Metrics: MetricsConfig{Listen: "127.0.0.1:9464"},
-		DNS:     DNSConfig{Timeout: time.Second, MessageBudget: 3 * time.Second, CacheSize: 10000},
+		DNS:     DNSConfig{Timeout: time.Second, MessageBudget: 3 * time.Second, CacheSize: 10000, ServeStale: 24 * time.Hour},
 		Milters: MiltersConfig{Policy: &MilterConfig{Listen: "unix:/run/geomilter/policy.sock", MaxSessions: 512, IdleTimeout: 10 * time.Minute, ShutdownTimeout: 30 * time.Second, MaxProcs: DefaultMaxProcs, MessageDir: "/var/spool/geomilter/policy/messages", MessageMemory: DefaultMessageMemory}},
 	}
 	if cfg.doc == nil {

@@ -16,10 +16,11 @@ func TestDNSSection(t *testing.T) {
 		want DNSConfig
 		errs []string // substrings, one per expected problem
 	}{
-		{"absent: defaults", "", DNSConfig{Timeout: time.Second, MessageBudget: 3 * time.Second, CacheSize: 10000}, nil},
-		{"all set", "dns: {servers: [\"192.0.2.53:53\", \"[2001:db8::53]:5353\"], timeout: 500ms, message_budget: 2s, cache_size: 0}",
+		{"absent: defaults", "", DNSConfig{Timeout: time.Second, MessageBudget: 3 * time.Second, CacheSize: 10000, ServeStale: 24 * time.Hour}, nil},
+		{"all set", "dns: {servers: [\"192.0.2.53:53\", \"[2001:db8::53]:5353\"], timeout: 500ms, message_budget: 2s, cache_size: 0, serve_stale: 0}",
 			DNSConfig{Servers: []string{"192.0.2.53:53", "[2001:db8::53]:5353"}, Timeout: 500 * time.Millisecond, MessageBudget: 2 * time.Second}, nil},
-		{"timeout equal to the budget", "dns: {timeout: 3s}", DNSConfig{Timeout: 3 * time.Second, MessageBudget: 3 * time.Second, CacheSize: 10000}, nil},
+		{"timeout equal to the budget", "dns: {timeout: 3s}", DNSConfig{Timeout: 3 * time.Second, MessageBudget: 3 * time.Second, CacheSize: 10000, ServeStale: 24 * time.Hour}, nil},
+		{"serve stale too long", "dns: {serve_stale: 200h}", DNSConfig{}, []string{"dns.serve_stale: must be between 0 (off) and 168h"}},
 		{"name as server", "dns: {servers: [\"ns.example.net:53\"]}", DNSConfig{}, []string{"dns.servers[0]: invalid address"}},
 		{"no port", "dns: {servers: [\"192.0.2.53\"]}", DNSConfig{}, []string{"dns.servers[0]: invalid address"}},
 		{"IPv6 without brackets", "dns: {servers: [\"::1:53\"]}", DNSConfig{}, []string{"dns.servers[0]: invalid address"}},

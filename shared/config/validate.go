@@ -387,4 +387,8 @@ func (v validator) dns(c *Config) {
 	if d.CacheSize < 0 || d.CacheSize > 10_000_000 {
 		v.doc.Problemf("dns.cache_size", "must be between 0 (no cache) and 10000000, got %d", d.CacheSize)
 	}
+	// RFC 8767 §5: a stale answer is worth keeping a few days at most.
+	if d.ServeStale < 0 || d.ServeStale > 7*24*time.Hour {
+		v.doc.Problemf("dns.serve_stale", "must be between 0 (off) and 168h, got %v", d.ServeStale)
+	}
 }

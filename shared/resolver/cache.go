@@ -20,41 +20,48 @@ type cacheEntry struct {
 	expires time.Time
 }
 
-// cache is an LRU cache bounded in entries. An entry lives until the TTL
-// its answer carries (answer.ttl, already capped) runs out on the clock;
-// the least recently used entry goes first when the cache is full. Expired
-// entries are dropped when they are looked up or reach the LRU end.
+// cache is an LRU cache bounded in entries. An entry is fresh until the
+// TTL its answer carries (answer.ttl, already capped) runs out on the
+// clock, then stale for staleFor more (RFC 8767: served when no fresh
+// answer can be had at once), then dropped; the least recently used entry
+// goes first when the cache is full. Entries past their stale time are
+// dropped when they are looked up or reach the LRU end.
 type cache struct {
-	mu    sync.Mutex
-	max   int
-	clock func() time.Time
+	mu       sync.Mutex
+	max      int
+	staleFor time.Duration
+	clock    func() time.Time
 	ll    *list.List // front: most recently used; elements hold *cacheEntry
 	items map[cacheKey]*list.Element
 }
 
-func newCache(max int, clock func() time.Time) *cache {
-	return &cache{max: max, clock: clock, ll: list.New(), items: make(map[cacheKey]*list.Element)}
+func newCache(max int, staleFor time.Duration, clock func() time.Time) *cache {
+	return &cache{max: max, staleFor: max0(staleFor), clock: clock, ll: list.New(), items: make(map[cacheKey]*list.Element)}
 }
 
-// get returns the live entry for k, or nil.
-func (c *cache) get(k cacheKey) *answer {
+func max0(d time.Duration) time.Duration { return max(d, 0) }
+
+// get returns the entry for k and whether it is fresh; nil when there is
+// none, fresh or stale.
+func (c *cache) get(k cacheKey) (a *answer, fresh bool) {
 	if c == nil {
-		return nil
+		return nil, false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	el, ok := c.items[k]
 	if !ok {
-		return nil
+		return nil, false
 	}
 	e := el.Value.(*cacheEntry)
-	if !c.clock().Before(e.expires) {
+	now := c.clock()
+	if !now.Before(e.expires.Add(c.staleFor)) {
 		c.ll.Remove(el)
 		delete(c.items, k)
-		return nil
+		return nil, false
 	}
 	c.ll.MoveToFront(el)
-	return e.ans
+	return e.ans, now.Before(e.expires)
 }
 
 // put stores a for its TTL; a zero TTL is not stored (RFC 1035 §3.2.1:

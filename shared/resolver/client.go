@@ -48,8 +48,13 @@ const (
 	// 1232 bytes, the DNS flag day 2020 value, avoids IP fragmentation;
 	// larger answers come truncated and are fetched over TCP.
 	ednsSize = 1232
-	// unhealthyFor: a server that timed out this recently is tried last.
+	// unhealthyFor: a server that timed out this recently is not asked
+	// while another server is healthy (see ordered).
 	unhealthyFor = 30 * time.Second
+	// DefaultServeStale is how long past its TTL an answer may still be
+	// served (RFC 8767 §5 suggests 1 to 3 days): long enough to cover the
+	// outage of a DNS server at a dark site.
+	DefaultServeStale = 24 * time.Hour
 )
 
 // Options configure a Client. Zero values take the defaults above.
@@ -67,6 +72,10 @@ type Options struct {
 	CacheSize int
 	// MaxTTL and MaxNegativeTTL cap how long answers are cached.
 	MaxTTL, MaxNegativeTTL time.Duration
+	// ServeStale is how long past its TTL a cached answer is still served,
+	// at once, while a fresh one is asked for in the background (RFC 8767);
+	// 0 is DefaultServeStale, a negative value turns it off.
+	ServeStale time.Duration
 	// Clock is what cache expiry is measured by (tests move it); nil is
 	// time.Now. Waits are always measured on the real clock.
 	Clock func() time.Time
@@ -129,6 +138,12 @@ func New(o Options) (*Client, error) {
 	if o.Clock == nil {
 		o.Clock = time.Now
 	}
+	switch {
+	case o.ServeStale == 0:
+		o.ServeStale = DefaultServeStale
+	case o.ServeStale < 0:
+		o.ServeStale = 0
+	}
 	addrs := o.Servers
 	if len(addrs) == 0 {
 		var err error
@@ -145,7 +160,7 @@ func New(o Options) (*Client, error) {
 		c.servers = append(c.servers, &server{addr: ap.String()})
 	}
 	if o.CacheSize > 0 {
-		c.cache = newCache(o.CacheSize, o.Clock)
+		c.cache = newCache(o.CacheSize, o.ServeStale, o.Clock)
 	}
 	var err error
 	if c.met, err = newClientMetrics(o.Registerer, c); err != nil {
@@ -202,8 +217,16 @@ func (c *Client) lookup(ctx context.Context, name string, qtype uint16) (*answer
 		return nil, &net.DNSError{Err: errNoSuchHost, Name: name, IsNotFound: true}
 	}
 	key := cacheKey{qname, qtype}
-	if a := c.cache.get(key); a != nil {
+	if a, fresh := c.cache.get(key); a != nil {
 		c.met.hits.Inc()
+		if !fresh {
+			// RFC 8767 §4, with a client response timer of zero: the
+			// stale answer now, a fresh one asked for in the background
+			// (one flight per question), so a dark DNS server costs the
+			// mail path nothing for names it answered before.
+			c.met.stale.Inc()
+			c.join(key, time.Now().Add(c.timeout))
+		}
 		return a, nil
 	}
 	c.met.misses.Inc()
@@ -356,23 +379,26 @@ func (c *Client) ask(ctx context.Context, qname string, qtype uint16, by time.Ti
 	return nil, last
 }
 
-// ordered returns the servers in configured order, those that timed out
-// in the last unhealthyFor moved to the end.
+// ordered returns the servers to ask, in configured order, without those
+// that timed out in the last unhealthyFor while another one has not: a
+// dark server then costs one time-out per unhealthyFor, not one per
+// look-up, also for the questions only it would answer (the others refuse
+// them). When every server timed out recently, all are asked.
 func (c *Client) ordered() []*server {
 	if len(c.servers) == 1 {
 		return c.servers
 	}
 	recent := time.Now().Add(-unhealthyFor).UnixNano()
 	out := make([]*server, 0, len(c.servers))
-	var sick []*server
 	for _, s := range c.servers {
-		if t := s.lastTimeout.Load(); t != 0 && t > recent {
-			sick = append(sick, s)
-		} else {
+		if t := s.lastTimeout.Load(); t == 0 || t <= recent {
 			out = append(out, s)
 		}
 	}
-	return append(out, sick...)
+	if len(out) == 0 {
+		return c.servers
+	}
+	return out
 }
 
 // err turns a negative answer into net.Resolver's error.

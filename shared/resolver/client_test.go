@@ -226,7 +226,8 @@ func TestCacheTTL(t *testing.T) {
 			srv := dnstest.Start(t, zones)
 			clk := &fakeClock{now: time.Unix(1e9, 0)}
 			reg := prometheus.NewRegistry()
-			c := newClient(t, Options{Servers: []string{srv.Addr()}, Clock: clk.Now, Registerer: reg})
+			// Serving stale answers off: this test is about the TTLs.
+			c := newClient(t, Options{Servers: []string{srv.Addr()}, Clock: clk.Now, Registerer: reg, ServeStale: -1})
 			look := func(wantQueries int) {
 				t.Helper()
 				if _, err := c.LookupTXT(context.Background(), tc.qname); errKind(err) != tc.kind {
@@ -255,7 +256,7 @@ func TestCacheTTL(t *testing.T) {
 func TestCacheCaps(t *testing.T) {
 	srv := dnstest.Start(t, zones)
 	clk := &fakeClock{now: time.Unix(1e9, 0)}
-	c := newClient(t, Options{Servers: []string{srv.Addr()}, Clock: clk.Now, MaxTTL: 10 * time.Second, MaxNegativeTTL: 5 * time.Second})
+	c := newClient(t, Options{Servers: []string{srv.Addr()}, Clock: clk.Now, MaxTTL: 10 * time.Second, MaxNegativeTTL: 5 * time.Second, ServeStale: -1})
 	ctx := context.Background()
 	_, _ = c.LookupTXT(ctx, "target.example.com")
 	_, _ = c.LookupTXT(ctx, "nope.example.com")
@@ -436,7 +437,7 @@ func TestParallelLookupsShareTheBudget(t *testing.T) {
 }
 
 // TestFailover: with a dark first server the second answers within the
-// same look-up; the dark one is then tried last.
+// same look-up; the dark one is then not asked while the other is healthy.
 func TestFailover(t *testing.T) {
 	bh := dnstest.StartBlackhole(t)
 	srv := dnstest.Start(t, zones)
@@ -456,6 +457,74 @@ func TestFailover(t *testing.T) {
 	}
 	if bh.Received() != received {
 		t.Error("the server that just timed out was asked first again")
+	}
+}
+
+// TestDarkServerNotAskedAgain: a server that timed out is left out while
+// another is healthy, also when the healthy one cannot answer the question
+// (it fails it): the dark server costs one time-out, not one per look-up.
+func TestDarkServerNotAskedAgain(t *testing.T) {
+	srv := dnstest.Start(t, zones)
+	srv.ServFail("target.example.com")
+	bh := dnstest.StartBlackhole(t)
+	c := newClient(t, Options{Servers: []string{srv.Addr(), bh.Addr()}, Timeout: 300 * time.Millisecond})
+	if _, err := c.LookupTXT(context.Background(), "target.example.com"); err == nil {
+		t.Fatal("no error with one server failing and one dark")
+	}
+	asked := bh.Received()
+	if asked == 0 {
+		t.Fatal("the second server was never asked")
+	}
+	for i := 0; i < 3; i++ {
+		if _, err := c.LookupTXT(context.Background(), "target.example.com"); err == nil {
+			t.Fatal("no error")
+		}
+	}
+	if bh.Received() != asked {
+		t.Errorf("the dark server was asked %d more times within %v of its time-out", bh.Received()-asked, unhealthyFor)
+	}
+	if n := srv.Queries("target.example.com"); n != 4 {
+		t.Errorf("the healthy server saw %d queries, want 4", n)
+	}
+}
+
+// TestServeStale: past its TTL a cached answer is served at once while the
+// server does not answer, and refreshed in the background (RFC 8767); past
+// the stale time the server is asked again on the look-up's own time.
+func TestServeStale(t *testing.T) {
+	srv := dnstest.Start(t, zones)
+	clk := &fakeClock{now: time.Unix(1e9, 0)}
+	reg := prometheus.NewRegistry()
+	c := newClient(t, Options{Servers: []string{srv.Addr()}, Clock: clk.Now, Registerer: reg, Timeout: 2 * time.Second, ServeStale: time.Hour})
+	ctx := context.Background()
+	if got, err := c.LookupTXT(ctx, "target.example.com"); err != nil || got[0] != "hello" {
+		t.Fatalf("got %q, %v", got, err)
+	}
+	clk.Add(300 * time.Second) // the TTL has run out
+	release := srv.Hold("target.example.com")
+	// The server holds its answer: a look-up that waited for it would fail
+	// when its budget ran out; the stale answer comes back instead.
+	got, err := c.LookupTXT(ctx, "target.example.com")
+	if err != nil || got[0] != "hello" {
+		t.Fatalf("with the server silent, past the TTL: got %q, %v; want the stale answer", got, err)
+	}
+	if n := testutil.ToFloat64(c.met.stale); n != 1 {
+		t.Errorf("stale answers = %v, want 1", n)
+	}
+	release()
+	waitFor(t, "the background refresh", func() bool {
+		_, fresh := c.cache.get(cacheKey{"target.example.com.", dns.TypeTXT})
+		return fresh
+	})
+	if n := srv.Queries("target.example.com"); n != 2 {
+		t.Errorf("server saw %d queries, want 2 (the first, the refresh)", n)
+	}
+	clk.Add(300*time.Second + time.Hour) // past TTL and stale time
+	if _, err := c.LookupTXT(ctx, "target.example.com"); err != nil {
+		t.Fatal(err)
+	}
+	if n, s := srv.Queries("target.example.com"), testutil.ToFloat64(c.met.stale); n != 3 || s != 1 {
+		t.Errorf("past the stale time: %d queries (want 3), %v stale answers (want 1)", n, s)
 	}
 }
 
@@ -587,5 +656,17 @@ func TestFailoverWithinMessageBudget(t *testing.T) {
 	}
 	if _, ex := BudgetSpent(ctx); ex {
 		t.Error("budget reported exhausted after an answer")
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after 10 seconds.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -12,6 +12,7 @@ import (
 type clientMetrics struct {
 	queries         *prometheus.CounterVec
 	hits, misses    prometheus.Counter
+	stale           prometheus.Counter
 	timeouts        prometheus.Counter
 	serverErrors    *prometheus.CounterVec
 	budgetExhausted prometheus.Counter
@@ -28,6 +29,10 @@ func newClientMetrics(reg prometheus.Registerer, c *Client) (*clientMetrics, err
 		hits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "geomilter_dns_cache_hits_total",
 			Help: "Look-ups answered from the cache (positive or negative).",
+		}),
+		stale: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "geomilter_dns_stale_answers_total",
+			Help: "Look-ups answered from the cache past the answer's TTL (RFC 8767 serve-stale), a fresh answer asked for in the background.",
 		}),
 		misses: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "geomilter_dns_cache_misses_total",
@@ -66,7 +71,7 @@ func newClientMetrics(reg prometheus.Registerer, c *Client) (*clientMetrics, err
 	if reg == nil {
 		return m, nil
 	}
-	for _, col := range []prometheus.Collector{m.queries, m.hits, m.misses, m.timeouts, m.serverErrors,
+	for _, col := range []prometheus.Collector{m.queries, m.hits, m.stale, m.misses, m.timeouts, m.serverErrors,
 		m.budgetExhausted, m.spoofed, m.malformed, entries} {
 		if err := reg.Register(col); err != nil {
 			var are prometheus.AlreadyRegisteredError

@@ -463,9 +463,13 @@ func (p *Process) resolver() (resolver.Resolver, error) {
 		return p.dns, nil
 	}
 	cfg := p.cfg
-	o := resolver.Options{Servers: cfg.DNS.Servers, Timeout: cfg.DNS.Timeout, CacheSize: cfg.DNS.CacheSize, Registerer: p.reg}
+	o := resolver.Options{Servers: cfg.DNS.Servers, Timeout: cfg.DNS.Timeout, CacheSize: cfg.DNS.CacheSize,
+		ServeStale: cfg.DNS.ServeStale, Registerer: p.reg}
 	if o.CacheSize == 0 { // config: 0 turns the cache off; resolver: 0 is its default
 		o.CacheSize = -1
+	}
+	if o.ServeStale == 0 { // likewise
+		o.ServeStale = -1
 	}
 	c, err := resolver.New(o)
 	if err != nil {
