@@ -31,8 +31,8 @@ type cache struct {
 	max      int
 	staleFor time.Duration
 	clock    func() time.Time
-	ll    *list.List // front: most recently used; elements hold *cacheEntry
-	items map[cacheKey]*list.Element
+	ll       *list.List // front: most recently used; elements hold *cacheEntry
+	items    map[cacheKey]*list.Element
 }
 
 func newCache(max int, staleFor time.Duration, clock func() time.Time) *cache {
