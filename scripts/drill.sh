@@ -27,6 +27,8 @@
 #   GEOMILTER_DRILL_DNSBL_TTL          TTL of the DNSBL answers of dal's DNS server (default 10s:
 #                                      they expire during the outage, when the server is dark)
 #   GEOMILTER_TEST_SUITE               1: the milters hosted as one `geomilter suite` per site
+#   GEOMILTER_DRILL_EVENTS             a file to write every loaded site's trail event to, a line
+#                                      each (time, site, milter, stage, action, latency, busy)
 # With the defaults the whole drill takes about 7 minutes. docs/drill.md explains
 # the table. Everything it starts (processes, namespaces, veth, bridge, iptables
 # rules, temp dirs) is removed at the end, on failure and on Ctrl-C.

@@ -115,7 +115,8 @@ type phase struct {
 	streamEnd          int64
 	httpStart, httpEnd int       // lax events at dal's HTTP trail sink
 	dnsStart, dnsEnd   int       // queries dal's DNS server answered
-	latencies          []float64 // trail latency_ms of lax events in this phase
+	latencies          []float64 // trail busy_ms of the loaded sites' events in this phase: the time Postfix waited on the milter
+	spans              []float64 // trail latency_ms of the same events: MAIL FROM to the milter's final reply, the client's and Postfix's time included
 }
 
 func (p *phase) throughput() float64 {
@@ -312,7 +313,7 @@ func TestDrill(t *testing.T) {
 	convTrail := &converge{what: "dal's replicas of the loaded sites' trail streams"}
 	convHTTP := &converge{what: "dal's HTTP trail sink"}
 	convGrey := &converge{what: "greylisting state (a triplet passed during the outage, accepted at dal)"}
-	var convWG, killWG sync.WaitGroup
+	var convWG sync.WaitGroup
 	var rate3 *rateCheck
 	for i, p := range phases {
 		n := streams()
@@ -331,10 +332,6 @@ func TestDrill(t *testing.T) {
 			// while dal is dark must be in force at dal after the link returns.
 			for _, s := range loaded {
 				hooks = append(hooks, startRulesHook(s, dal, cfg.phase/2))
-			}
-			if cfg.kill {
-				killWG.Add(1)
-				go func() { defer killWG.Done(); drillKills(load, loaded[0], cfg.phase, out) }()
 			}
 			if len(loaded) > 1 {
 				rate3 = startRateCheck(load, loaded, dal, cfg.phase/3)
@@ -368,7 +365,12 @@ func TestDrill(t *testing.T) {
 				rate3.linkReturned(returned)
 			}
 		}
-		time.Sleep(cfg.phase)
+		if p.dark && cfg.kill {
+			// In the test's goroutine, so that a failed restart fails the
+			// test where it happened.
+			drillKills(load, loaded[0], cfg.phase, out)
+		}
+		time.Sleep(time.Until(p.start.Add(cfg.phase)))
 		n = streams()
 		mu.Lock()
 		p.end, p.sinkEnd, p.streamEnd = time.Now(), load.delivered(), n
@@ -380,7 +382,6 @@ func TestDrill(t *testing.T) {
 	}
 	load.setPhase(-1)
 	stopLoadCtx()
-	killWG.Wait()
 	cancel()
 	wg.Wait()
 	convWG.Wait()
@@ -409,7 +410,7 @@ func TestDrill(t *testing.T) {
 		accepted, events, copies = 0, 0, 0
 		evIDs, killEvents = map[string][]string{}, map[string]int{}
 		for _, p := range phases {
-			p.latencies = p.latencies[:0]
+			p.latencies, p.spans = p.latencies[:0], p.spans[:0]
 		}
 		for _, s := range all {
 			smtpIDs, _ := s.queueIDs()
@@ -437,7 +438,8 @@ func TestDrill(t *testing.T) {
 				evIDs[s.name] = append(evIDs[s.name], ev.EventID)
 				for _, p := range phases {
 					if !ev.Time.Before(p.start) && ev.Time.Before(p.end) {
-						p.latencies = append(p.latencies, ev.LatencyMS)
+						p.latencies = append(p.latencies, ev.BusyMS)
+						p.spans = append(p.spans, ev.LatencyMS)
 					}
 				}
 				load.mu.Lock()
@@ -452,6 +454,9 @@ func TestDrill(t *testing.T) {
 			break
 		}
 		time.Sleep(time.Second)
+	}
+	if f := os.Getenv("GEOMILTER_DRILL_EVENTS"); f != "" {
+		dumpDrillEvents(t, f, loaded)
 	}
 	// Every loaded site's event at dal's HTTP sink, once the link is back.
 	var httpMissing, httpWant int
@@ -470,8 +475,8 @@ func TestDrill(t *testing.T) {
 	// The table.
 	fmt.Fprintf(out, "\ncapacity %.1f msg/s delivered at %s (%d sessions, %s); pace %.1f msg/s (%s); pacing lag max %s, overruns %d\n",
 		capDeliv, loadedNames, cfg.capSessions, cfg.capTime, rate, paceNote, load.lagMax.Round(time.Millisecond), load.overrun)
-	fmt.Fprintf(out, "\n%-10s %-5s %8s %6s %8s %8s %6s %6s %5s %5s %5s %14s %7s %8s %8s %9s\n",
-		"phase", "link", "deliv/s", "acc/s", "p50 ms", "p99 ms", "q max", "q avg", "tempf", "rej", "err", "grey 1st/d/o/2", "kill tf", "dal dns", "http ev", "trail buf")
+	fmt.Fprintf(out, "\n%-10s %-5s %8s %6s %8s %8s %9s %6s %6s %5s %5s %5s %14s %7s %8s %8s %9s\n",
+		"phase", "link", "deliv/s", "acc/s", "p50 ms", "p99 ms", "span p99", "q max", "q avg", "tempf", "rej", "err", "grey 1st/d/o/2", "kill tf", "dal dns", "http ev", "trail buf")
 	for i, p := range phases {
 		avg := 0.0
 		for _, q := range p.queueSamples {
@@ -485,8 +490,8 @@ func TestDrill(t *testing.T) {
 			link = "DARK"
 		}
 		st := load.statsOf(i)
-		fmt.Fprintf(out, "%-10s %-5s %8.1f %6.1f %8.2f %8.2f %6d %6.1f %5d %5d %5d %14s %7d %8d %8d %9.0f\n",
-			p.name, link, p.throughput(), float64(st.accepted)/p.end.Sub(p.start).Seconds(), percentile(p.latencies, 0.5), percentile(p.latencies, 0.99),
+		fmt.Fprintf(out, "%-10s %-5s %8.1f %6.1f %8.2f %8.2f %9.1f %6d %6.1f %5d %5d %5d %14s %7d %8d %8d %9.0f\n",
+			p.name, link, p.throughput(), float64(st.accepted)/p.end.Sub(p.start).Seconds(), percentile(p.latencies, 0.5), percentile(p.latencies, 0.99), percentile(p.spans, 0.99),
 			p.queueMax, avg, st.tempfails, st.rejects, st.errors,
 			fmt.Sprintf("%d/%d/%d/%d", st.greyFirst, st.greyRetryDal, st.greyRetryOther, st.greyAgain),
 			st.killTempfails, p.dnsEnd-p.dnsStart, p.httpEnd-p.httpStart, p.pendingMax)
@@ -527,6 +532,11 @@ func TestDrill(t *testing.T) {
 			d.throughput(), b.throughput(), 100*d.throughput()/b.throughput())
 		check(dp99 <= 1.2*bp99, "milter p99 during <= 1.2x before: %.2f vs %.2f ms (%.2fx; A/A control %.2fx)", dp99, bp99, dp99/bp99, aa)
 	}
+	// The span from MAIL FROM to each milter's reply also holds the
+	// client's and Postfix's time between events: shown, not judged.
+	bs, ds := percentile(b.spans, 0.99), percentile(d.spans, 0.99)
+	report("transaction span p99 (MAIL FROM to each milter's final reply, client and Postfix included; not judged) during vs before: %.1f vs %.1f ms (%.2fx; A/A control %.2fx)",
+		ds, bs, ds/bs, percentile(cb.spans, 0.99)/percentile(ca.spans, 0.99))
 	check(sd.tempfails+sd.rejects+sd.errors+sa.tempfails+sa.rejects+sa.errors == 0,
 		"no tempfail, reject or error caused by the outage (greylisting and kills apart): %d/%d/%d during, %d/%d/%d after",
 		sd.tempfails, sd.rejects, sd.errors, sa.tempfails, sa.rejects, sa.errors)
@@ -732,4 +742,25 @@ func (h *rulesHook) result(within time.Duration) (bool, string) {
 	}
 	return h.found <= within, fmt.Sprintf("rule %s applied at %s during the outage is in force at %s %s after the link returned (limit %s)",
 		h.id, h.from, h.dal.name, h.found.Round(100*time.Millisecond), within)
+}
+
+// dumpDrillEvents writes every loaded site's trail event as a line of
+// tab-separated time, site, milter, stage, action, latency_ms, busy_ms and
+// queue id, for finding what a slow phase waited on
+// (GEOMILTER_DRILL_EVENTS=file).
+func dumpDrillEvents(t *testing.T, file string, loaded []*site) {
+	var b strings.Builder
+	for _, s := range loaded {
+		evs, err := trailEvents(s.primary, s.name)
+		if err != nil {
+			t.Logf("GEOMILTER_DRILL_EVENTS: %s: %v", s.name, err)
+			continue
+		}
+		for _, ev := range evs {
+			fmt.Fprintf(&b, "%s\t%s\t%s\t%s\t%s\t%.3f\t%.3f\t%s\n", ev.Time.UTC().Format("15:04:05.000"), s.name, ev.Milter, ev.Stage, ev.Action, ev.LatencyMS, ev.BusyMS, ev.QueueID)
+		}
+	}
+	if err := os.WriteFile(file, []byte(b.String()), 0o644); err != nil {
+		t.Logf("GEOMILTER_DRILL_EVENTS: %v", err)
+	}
 }

@@ -387,6 +387,7 @@ func (c *connection) serve() {
 			}
 			return
 		}
+		arrived := time.Now()
 		r, event, err := c.dispatch(code, data)
 		if err != nil {
 			c.protocolFailure(err)
@@ -395,11 +396,13 @@ func (c *connection) serve() {
 		switch {
 		case r != nil:
 			werr := c.send(r)
+			c.st.Busy += time.Since(arrived) // before afterReply: it may end the transaction
 			c.afterReply(werr)
 			if werr != nil {
 				return
 			}
 		case event:
+			c.st.Busy += time.Since(arrived)
 			c.idle() // no reply: modifications are queued only at end of message, which has one
 		}
 		if code == byte(milter.CodeQuit) || code == byte(milter.CodeQuitNewConn) {

@@ -219,7 +219,14 @@ type State struct {
 
 	// Transaction: reset when it ends.
 	TxnStart time.Time
-	Sender   string // without <>; "" for the null sender
+	// Busy is how long the MTA waited on this milter in the transaction:
+	// for each event, from its arrival to the reply written (or, for an
+	// event with no reply, to the end of its handling). Connect and HELO
+	// count in the connection's first transaction. Unlike the span from
+	// TxnStart, it leaves out the time the client and the MTA took between
+	// events, so it is the milter's own cost on the mail path.
+	Busy   time.Duration
+	Sender string // without <>; "" for the null sender
 	// MailParams are the ESMTP parameters of MAIL FROM (SIZE, BODY,
 	// SMTPUTF8, RET, ENVID, AUTH, …); see also Envelope.
 	MailParams Params
@@ -322,6 +329,7 @@ func (st *State) AcceptedRcpts() []string {
 func (st *State) resetTxn(connMacros map[string]string) {
 	st.TxnID = ""
 	st.TxnStart = time.Time{}
+	st.Busy = 0
 	st.Sender = ""
 	st.MailParams = nil
 	st.Rcpts = nil

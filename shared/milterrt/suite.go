@@ -5,6 +5,7 @@ import (
 	"io"
 	"runtime/debug"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -160,6 +161,7 @@ type memberSession struct {
 	connPoison bool      // panicked at connect or helo: tempfails every event
 	connDone   *Decision // decided at connect or helo (not yet reported)
 	connStage  Stages
+	connReport bool   // connDone was reported with a transaction already
 	connQ      string // quarantine asked for at connect or helo: every transaction
 	sticky     bool   // connDone applies to every transaction (discard)
 
@@ -189,7 +191,10 @@ type suiteSession struct {
 
 // guard runs one member call; a panic becomes panicDecision for that member.
 func (ss *suiteSession) guard(ms *memberSession, where string, fn func() Decision) (d Decision) {
+	start := time.Now()
 	defer func() {
+		// A member's Busy is its own share of the suite's time.
+		ms.st.Busy += time.Since(start)
 		if r := recover(); r != nil {
 			ss.s.panics.WithLabelValues(ms.info.name).Inc()
 			ss.s.log.Error().Str("session", ms.st.SessionID).Str("txn", ms.st.TxnID).Str("member", ms.info.name).
@@ -247,13 +252,13 @@ func (ss *suiteSession) connEvent(st *State, stage Stages, call func(ms *memberS
 			allDone = false
 			continue
 		case ActionAccept:
-			ms.connDone, ms.connStage = &d, stage
+			ms.connDone, ms.connStage, ms.connReport = &d, stage, false
 			continue
 		case ActionDiscard:
-			ms.connDone, ms.connStage, ms.sticky = &d, stage, true
+			ms.connDone, ms.connStage, ms.connReport, ms.sticky = &d, stage, false, true
 			return d
 		}
-		ms.connDone, ms.connStage = &d, stage
+		ms.connDone, ms.connStage, ms.connReport = &d, stage, false
 		return d
 	}
 	if allDone {
@@ -432,7 +437,7 @@ func (ss *suiteSession) EndOfMessage(st *State, mod Modifier) Decision {
 			ss.memberDone(ms, StageEOM, d)
 			return d
 		}
-		mm := &memberModifier{Modifier: mod, ms: ms, edits: &ss.edits, ss: ss}
+		mm := &memberModifier{Modifier: mod, ms: ms, ss: ss}
 		d := ss.memberTxnCall(ms, StageEOM, func(ms *memberSession) Decision { return ms.impl.EndOfMessage(&ms.st, mm) })
 		ms.eomDone = true
 		switch d.Action {
@@ -469,7 +474,7 @@ func (ss *suiteSession) Abort(st *State) {
 func (ss *suiteSession) EndTransaction(st *State) {
 	for _, ms := range ss.ms {
 		report := ms.inTxn || ms.done != nil
-		if ms.connDone != nil && (ms.sticky || !ms.connReported()) {
+		if ms.connDone != nil && (ms.sticky || !ms.connReport) {
 			report = true
 		}
 		if report {
@@ -486,7 +491,7 @@ func (ss *suiteSession) EndTransaction(st *State) {
 				}()
 			}
 			if ms.connDone != nil && !ms.sticky {
-				ms.connStage |= connReportedBit
+				ms.connReport = true
 			}
 		}
 		ms.st.resetTxn(nil)
@@ -509,12 +514,6 @@ func (ss *suiteSession) closeViews() {
 	ss.views, ss.edits, ss.lastView = nil, editLog{}, nil
 }
 
-// connReportedBit marks in connStage that a connect/helo decision was
-// reported with a transaction already.
-const connReportedBit Stages = 1 << 15
-
-func (ms *memberSession) connReported() bool { return ms.connStage&connReportedBit != 0 }
-
 // final sets a member's Final, FinalStage and Aborted as the runtime would
 // for the member alone.
 func (ss *suiteSession) final(ms *memberSession, st *State) {
@@ -522,7 +521,7 @@ func (ss *suiteSession) final(ms *memberSession, st *State) {
 	m.Aborted = false
 	switch {
 	case ms.connDone != nil:
-		m.Final, m.FinalStage = *ms.connDone, ms.connStage&^connReportedBit
+		m.Final, m.FinalStage = *ms.connDone, ms.connStage
 	case ms.done != nil && ms.doneStage == StageEOM:
 		d := *ms.done
 		if d.Action == ActionContinue || d.Action == ActionAccept || d.Action == ActionQuarantine {
@@ -596,9 +595,8 @@ func (e *editLog) empty() bool { return len(e.headers) == 0 && e.body == nil }
 // what the member declared, and records them for the members after it.
 type memberModifier struct {
 	Modifier
-	ms    *memberSession
-	edits *editLog
-	ss    *suiteSession
+	ms *memberSession
+	ss *suiteSession
 }
 
 func (mm *memberModifier) need(a Modifications, what string) error {
@@ -615,7 +613,7 @@ func (mm *memberModifier) AddHeader(name, value string) error {
 	if err := mm.Modifier.AddHeader(name, value); err != nil {
 		return err
 	}
-	mm.edits.headers = append(mm.edits.headers, headerEdit{op: 'a', name: name, value: value})
+	mm.ss.edits.headers = append(mm.ss.edits.headers, headerEdit{op: 'a', name: name, value: value})
 	return nil
 }
 
@@ -626,7 +624,7 @@ func (mm *memberModifier) ChangeHeader(index int, name, value string) error {
 	if err := mm.Modifier.ChangeHeader(index, name, value); err != nil {
 		return err
 	}
-	mm.edits.headers = append(mm.edits.headers, headerEdit{op: 'c', index: index, name: name, value: value})
+	mm.ss.edits.headers = append(mm.ss.edits.headers, headerEdit{op: 'c', index: index, name: name, value: value})
 	return nil
 }
 
@@ -637,7 +635,7 @@ func (mm *memberModifier) InsertHeader(index int, name, value string) error {
 	if err := mm.Modifier.InsertHeader(index, name, value); err != nil {
 		return err
 	}
-	mm.edits.headers = append(mm.edits.headers, headerEdit{op: 'i', index: index, name: name, value: value})
+	mm.ss.edits.headers = append(mm.ss.edits.headers, headerEdit{op: 'i', index: index, name: name, value: value})
 	return nil
 }
 
@@ -685,11 +683,11 @@ func (mm *memberModifier) ReplaceBody(r io.Reader) error {
 		_ = body.Close()
 		return err
 	}
-	if mm.edits.body != nil {
-		_ = mm.edits.body.Close()
+	if mm.ss.edits.body != nil {
+		_ = mm.ss.edits.body.Close()
 	}
-	mm.edits.body = body
-	mm.edits.bodies++
+	mm.ss.edits.body = body
+	mm.ss.edits.bodies++
 	return nil
 }
 

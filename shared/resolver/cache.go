@@ -35,11 +35,9 @@ type cache struct {
 	items    map[cacheKey]*list.Element
 }
 
-func newCache(max int, staleFor time.Duration, clock func() time.Time) *cache {
-	return &cache{max: max, staleFor: max0(staleFor), clock: clock, ll: list.New(), items: make(map[cacheKey]*list.Element)}
+func newCache(size int, staleFor time.Duration, clock func() time.Time) *cache {
+	return &cache{max: size, staleFor: max(staleFor, 0), clock: clock, ll: list.New(), items: make(map[cacheKey]*list.Element)}
 }
-
-func max0(d time.Duration) time.Duration { return max(d, 0) }
 
 // get returns the entry for k and whether it is fresh; nil when there is
 // none, fresh or stale.

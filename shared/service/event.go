@@ -69,6 +69,7 @@ func eventFromState(st *milterrt.State, now time.Time) *trail.Event {
 	if !start.IsZero() {
 		ev.LatencyMS = float64(now.Sub(start).Microseconds()) / 1000
 	}
+	ev.BusyMS = float64(st.Busy.Microseconds()) / 1000
 	return ev
 }
 

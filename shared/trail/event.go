@@ -54,6 +54,12 @@ type Event struct {
 	// LatencyMS is this milter's own processing time for the transaction, from
 	// MAIL FROM (or connect) to its final reply, in milliseconds.
 	LatencyMS float64 `json:"latency_ms"`
+	// BusyMS is the part of it the MTA waited on this milter: for each of
+	// the transaction's events, from its arrival to this milter's reply
+	// (milterrt.State.Busy). LatencyMS also holds the client's and the
+	// MTA's time between events; BusyMS is this milter's cost on the mail
+	// path.
+	BusyMS float64 `json:"busy_ms"`
 
 	// The milter's typed section (sections.go): at most one is set, the
 	// one of Milter.
