@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/ed25519"
-	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -81,14 +80,7 @@ type drillWorld struct {
 }
 
 func newDrillWorld(t testing.TB, dnsblTTL time.Duration) *drillWorld {
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec, err := dkimcheck.DNSRecord(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
+	priv, rec := newDKIMKey(t)
 	soa := func(z string) string {
 		return fmt.Sprintf("%s. 300 IN SOA ns.%s. h.%s. 1 3600 600 86400 300\n", z, z, z)
 	}

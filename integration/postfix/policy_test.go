@@ -56,14 +56,7 @@ func TestPolicyMilter(t *testing.T) {
 	}
 
 	// DNS: SPF and DMARC of the inbound sender's domain, the DKIM keys.
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec, err := dkimcheck.DNSRecord(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
+	priv, rec := newDKIMKey(t)
 	dns := dnstest.Start(t, `
 example.org. 300 IN SOA ns.example.org. h.example.org. 1 3600 600 86400 300
 example.org. 300 IN TXT "v=spf1 ip4:`+polInbound+` -all"
@@ -273,4 +266,19 @@ func verifyRaw(t *testing.T, r resolver.Resolver, raw string) []dkimcheck.Result
 		t.Fatal(err)
 	}
 	return res
+}
+
+// newDKIMKey is an ed25519 signing key and its DKIM key record (RFC 8463),
+// for the test zones.
+func newDKIMKey(t testing.TB) (ed25519.PrivateKey, string) {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := dkimcheck.DNSRecord(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return priv, rec
 }
